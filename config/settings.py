@@ -98,7 +98,9 @@ class MailboxSettings(_Section):
     def _imap_needs_server(self) -> MailboxSettings:
         if self.kind == "imap":
             if not self.host:
-                raise ValueError("host is required when kind = 'imap' (e.g. host = 'imap.example.com')")
+                raise ValueError(
+                    "host is required when kind = 'imap' (e.g. host = 'imap.example.com')"
+                )
             if not self.username:
                 raise ValueError("username is required when kind = 'imap'")
         self.password = _read_secret(self.password, self.password_file, "password")
@@ -113,9 +115,13 @@ class OutboundSettings(_Section):
     kind: Literal["maildir", "smtp"] = Field(
         "maildir", description="How mail leaves: written to a local Maildir, or sent over SMTP."
     )
-    maildir: Path = Field(Path("var/mail/outbox"), description="Maildir written when kind = maildir.")
+    maildir: Path = Field(
+        Path("var/mail/outbox"), description="Maildir written when kind = maildir."
+    )
     host: str | None = None
-    port: int | None = Field(None, ge=1, le=65535, description="Default: 465 ssl, 587 starttls, 25.")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Default: 465 ssl, 587 starttls, 25."
+    )
     security: Security = "starttls"
     username: str | None = None
     password: SecretStr | None = None
@@ -132,7 +138,9 @@ class OutboundSettings(_Section):
     @model_validator(mode="after")
     def _smtp_needs_server(self) -> OutboundSettings:
         if self.kind == "smtp" and not self.host:
-            raise ValueError("host is required when kind = 'smtp' (e.g. host = 'smtp.example.com')")
+            raise ValueError(
+                "host is required when kind = 'smtp' (e.g. host = 'smtp.example.com')"
+            )
         self.password = _read_secret(self.password, self.password_file, "password")
         return self
 
@@ -215,7 +223,9 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_NAME)
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, *, required: bool = False) -> Settings:
+def load_settings(
+    path: str | os.PathLike[str] | None = None, *, required: bool = False
+) -> Settings:
     """Read and validate the settings; raise ConfigError naming the key and the fix."""
     file = config_path(path)
     if file.exists():
@@ -226,7 +236,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, *, required: bool 
             raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
         source: Path | None = file
     elif required or path is not None:
-        raise ConfigError(f"{file}: configuration file not found; run `portaria init` to write one")
+        raise ConfigError(
+            f"{file}: configuration file not found; run `portaria init` to write one"
+        )
     else:
         source = None
 

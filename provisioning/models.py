@@ -56,6 +56,9 @@ class AccessRequest(Base):
     source_message_id: Mapped[int | None] = mapped_column(
         ForeignKey("inbound_messages.id", ondelete="SET NULL")
     )
+    # The request email's Message-ID and subject, so answers thread under it.
+    source_message_ref: Mapped[str | None] = mapped_column(String(998))
+    source_subject: Mapped[str | None] = mapped_column(Text)
     requester_email: Mapped[str] = mapped_column(String(320))
     requester_name: Mapped[str] = mapped_column(String(200), default="")
     name: Mapped[str | None] = mapped_column(String(200))

@@ -3,8 +3,6 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-import intake.models
-import portaria.outbox_models
 import provisioning.models  # noqa: F401  (tables register on Base.metadata)
 from portaria.db import Base
 

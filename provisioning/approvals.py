@@ -1,0 +1,172 @@
+"""Decisions on access requests: approve (which provisions the account) or reject.
+
+A decision is all or nothing: every id is checked first, and one that cannot
+be decided stops the whole call with nothing changed. Each decision is an
+audit event and queues the emails that tell the people concerned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session
+
+from config.settings import Settings
+from portaria import outbox
+from portaria.db import utcnow
+from provisioning import audit
+from provisioning.directory import create_user, find_user, issue_set_password_token
+from provisioning.errors import ProvisioningError, RequestNotPending
+from provisioning.models import AccessRequest
+from provisioning.queue import get_request
+
+log = logging.getLogger(__name__)
+
+MAX_REASON_LENGTH = 2000
+
+
+def approve(
+    session: Session, settings: Settings, request_ids: Sequence[int], *, actor: str
+) -> list[AccessRequest]:
+    """Approve pending requests: create each account, issue its link, tell everyone."""
+    requests = _decidable(session, request_ids)
+    taken = [r for r in requests if find_user(session, r.email or "") is not None]
+    if taken:
+        listed = ", ".join(f"#{r.id} ({r.email})" for r in taken)
+        raise ProvisioningError(
+            f"already has an account: {listed}; reject with a reason instead "
+            '(`portaria requests reject ID --reason "..."`)'
+        )
+
+    now = utcnow()
+    for request in requests:
+        user = create_user(
+            session,
+            name=request.name or "",
+            email=request.email or "",
+            area=request.area or "",
+            role=request.access_type or "comum",
+            created_via=f"request:{request.id}",
+        )
+        request.status = "approved"
+        request.decided_by = actor
+        request.decided_at = now
+        request.user_id = user.id
+        audit.record(
+            session,
+            actor=actor,
+            action="request.approved",
+            subject_type="access_request",
+            subject_id=request.id,
+            user_id=user.id,
+            role=user.role,
+        )
+        token = issue_set_password_token(session, user, ttl_hours=settings.service.token_ttl_hours)
+        outbox.enqueue(
+            session,
+            settings,
+            kind="welcome",
+            to=[user.email],
+            context={
+                "user": _person(request),
+                "set_password_url": f"{settings.service.base_url}/set-password/{token.token}",
+                "expires_at": token.expires_at,
+                "console_url": settings.service.base_url,
+            },
+            cause=f"request:{request.id}",
+        )
+        log.info("request %s approved by %s; user %s created", request.id, actor, user.id)
+
+    _tell_requesters(session, settings, requests, kind="approved")
+    return requests
+
+
+def reject(
+    session: Session,
+    settings: Settings,
+    request_ids: Sequence[int],
+    *,
+    actor: str,
+    reason: str,
+) -> list[AccessRequest]:
+    """Reject pending requests with a reason the requester will read."""
+    reason = reason.strip()
+    if not reason:
+        raise ProvisioningError('a rejection needs a reason: --reason "why"')
+    if len(reason) > MAX_REASON_LENGTH:
+        raise ProvisioningError(f"the reason is longer than {MAX_REASON_LENGTH} characters")
+    requests = _decidable(session, request_ids)
+
+    now = utcnow()
+    for request in requests:
+        request.status = "rejected"
+        request.reason = reason
+        request.decided_by = actor
+        request.decided_at = now
+        audit.record(
+            session,
+            actor=actor,
+            action="request.rejected",
+            subject_type="access_request",
+            subject_id=request.id,
+            reason=reason,
+        )
+        log.info("request %s rejected by %s", request.id, actor)
+
+    _tell_requesters(session, settings, requests, kind="rejected", reason=reason)
+    return requests
+
+
+def _decidable(session: Session, request_ids: Sequence[int]) -> list[AccessRequest]:
+    if not request_ids:
+        raise ProvisioningError("name at least one request id (or --all-pending)")
+    requests = [get_request(session, request_id) for request_id in dict.fromkeys(request_ids)]
+    undecidable = [r for r in requests if r.status != "pending"]
+    if undecidable:
+        listed = ", ".join(f"#{r.id} is {r.status}" for r in undecidable)
+        raise RequestNotPending(f"only pending requests can be decided: {listed}")
+    return requests
+
+
+def _tell_requesters(
+    session: Session,
+    settings: Settings,
+    requests: Sequence[AccessRequest],
+    *,
+    kind: str,
+    reason: str | None = None,
+) -> None:
+    """One email per requester and request message, listing every person decided."""
+    threads: dict[tuple[str, str | None], list[AccessRequest]] = defaultdict(list)
+    for request in requests:
+        threads[(request.requester_email, request.source_message_ref)].append(request)
+
+    for (requester_email, message_ref), decided in threads.items():
+        first = decided[0]
+        context = {
+            "requester_name": first.requester_name,
+            "original_subject": first.source_subject or "",
+            "people": [_person(r) for r in decided],
+        }
+        if reason is not None:
+            context["reason"] = reason
+        outbox.enqueue(
+            session,
+            settings,
+            kind=kind,
+            to=[requester_email],
+            context=context,
+            in_reply_to=message_ref,
+            cause=f"request:{first.id}",
+        )
+
+
+def _person(request: AccessRequest) -> dict[str, str]:
+    return {
+        "name": request.name or "",
+        "email": request.email or "",
+        "area": request.area or "",
+        "access_type": request.access_type or "",
+    }

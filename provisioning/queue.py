@@ -1,0 +1,133 @@
+"""The access-request queue: one request per person asked for, flagged when in doubt."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from provisioning.directory import find_user, normalise_email
+from provisioning.errors import RequestNotFound
+from provisioning.models import REQUEST_STATUSES, AccessRequest
+
+log = logging.getLogger(__name__)
+
+# Why a request deserves a second look; shown to support with the request.
+FLAG_EXISTING_USER = "existing_user"
+FLAG_PENDING_DUPLICATE = "pending_duplicate"
+FLAG_ADMIN_ACCESS = "admin_access"
+
+
+@dataclass(frozen=True)
+class RequestedPerson:
+    """One person as the intake understood them; ``missing`` names absent fields."""
+
+    name: str | None
+    email: str | None
+    area: str | None
+    access_type: str | None
+    missing: Sequence[str] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Requester:
+    email: str
+    name: str = ""
+    message_ref: str | None = None  # the request email's Message-ID
+    subject: str | None = None
+
+
+def queue_requests(
+    session: Session,
+    requester: Requester,
+    people: Sequence[RequestedPerson],
+    *,
+    source_message_id: int | None = None,
+) -> list[AccessRequest]:
+    """Create one request per person: ``pending`` when complete, else ``incomplete``.
+
+    The same person named twice in one message gives one request. Someone who
+    already has an account or a pending request is flagged, so support sees
+    it before deciding; nothing is created in the directory here.
+    """
+    created: list[AccessRequest] = []
+    seen: set[str] = set()
+    for person in people:
+        email = normalise_email(person.email) if person.email else None
+        identity = email or f"#{len(created)}"
+        if identity in seen:
+            continue
+        seen.add(identity)
+
+        status = "incomplete" if person.missing else "pending"
+        request = AccessRequest(
+            source_message_id=source_message_id,
+            source_message_ref=requester.message_ref,
+            source_subject=requester.subject,
+            requester_email=normalise_email(requester.email),
+            requester_name=requester.name,
+            name=person.name,
+            email=email,
+            area=person.area,
+            access_type=person.access_type,
+            status=status,
+            missing=list(person.missing),
+            flags=_flags_for(session, email, person.access_type) if status == "pending" else [],
+        )
+        session.add(request)
+        session.flush()
+        created.append(request)
+        log.info(
+            "request %s queued as %s for %s (flags: %s)",
+            request.id,
+            status,
+            email or "unknown address",
+            ",".join(request.flags) or "none",
+        )
+    return created
+
+
+def _flags_for(session: Session, email: str | None, access_type: str | None) -> list[str]:
+    flags = []
+    if email and find_user(session, email) is not None:
+        flags.append(FLAG_EXISTING_USER)
+    if email and session.scalar(
+        select(func.count(AccessRequest.id)).where(
+            AccessRequest.status == "pending", AccessRequest.email == email
+        )
+    ):
+        flags.append(FLAG_PENDING_DUPLICATE)
+    if access_type == "admin":
+        flags.append(FLAG_ADMIN_ACCESS)
+    return flags
+
+
+def get_request(session: Session, request_id: int) -> AccessRequest:
+    request = session.get(AccessRequest, request_id)
+    if request is None:
+        raise RequestNotFound(f"no access request #{request_id}; see `portaria requests list`")
+    return request
+
+
+def list_requests(session: Session, *, status: str | None = None) -> list[AccessRequest]:
+    if status is not None and status not in REQUEST_STATUSES:
+        raise RequestNotFound(
+            f"unknown status {status!r}; use one of: {', '.join(REQUEST_STATUSES)}"
+        )
+    query = select(AccessRequest).order_by(AccessRequest.id)
+    if status:
+        query = query.where(AccessRequest.status == status)
+    return list(session.scalars(query))
+
+
+def pending_ids(session: Session) -> list[int]:
+    return list(
+        session.scalars(
+            select(AccessRequest.id)
+            .where(AccessRequest.status == "pending")
+            .order_by(AccessRequest.id)
+        )
+    )
