@@ -416,5 +416,20 @@ def outbox_retry(
     out.print(f"{count} email(s) queued again; send with `portaria outbox send`")
 
 
+@app.command()
+@friendly
+def web(
+    config: ConfigOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Serve the web console (the set-password page the welcome email links to)."""
+    import uvicorn
+
+    from portaria.web import create_app
+
+    uvicorn.run(create_app(_service(config)), host=host, port=port, log_level="info")
+
+
 def main() -> None:
     app()

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Set up Portaria on its embedded defaults (SQLite, local Maildir in and out) and run the
+# main job on the sample #ACESSO messages in samples/. No server needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e . 2>&1 \
+    | grep -v "^WARNING: Location" >&2 || true
+portaria=.venv/bin/portaria
+
+"$portaria" init
+
+inbox=$(.venv/bin/python -c 'from config.settings import load_settings as l; s = l(); print(s.path(s.mailbox.maildir))')
+mkdir -p "$inbox/new" "$inbox/cur" "$inbox/tmp"
+for sample in samples/*.eml; do
+    # Maildir delivery: write under tmp/, then rename into new/ so a reader never sees half a file.
+    name="$(date +%s).$(basename "$sample" .eml).$(hostname)"
+    cp "$sample" "$inbox/tmp/$name"
+    mv "$inbox/tmp/$name" "$inbox/new/$name"
+done
+echo "delivered $(ls samples/*.eml | wc -l) sample messages to $inbox/new"
+
+echo
+"$portaria" poll --once
+echo
+"$portaria" requests list
+echo
+cat <<TXT
+Próximos passos (next steps):
+  $portaria requests show 1                      # ver um pedido (one request, in full)
+  $portaria requests approve 1 2                 # aprovar (approve; creates the accounts)
+  $portaria requests approve --all-pending       # aprovar todos os pendentes
+  $portaria requests reject 3 --reason "..."     # recusar com motivo (reject with a reason)
+  $portaria outbox send                          # enviar os emails (written to var/mail/outbox)
+  $portaria users list                           # usuários criados (the users directory)
+TXT
