@@ -3,7 +3,11 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-import provisioning.models  # noqa: F401  (tables register on Base.metadata)
+# Importing the models registers their tables on Base.metadata.
+import engine.models  # noqa: F401
+import intake.models  # noqa: F401
+import portaria.outbox_models  # noqa: F401
+import provisioning.models  # noqa: F401
 from portaria.db import Base
 
 target_metadata = Base.metadata
