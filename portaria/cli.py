@@ -7,22 +7,27 @@ as one line with what to do, and the command exits non-zero; no tracebacks.
 
 from __future__ import annotations
 
-import getpass
 import json
 import logging
 import sys
-from collections.abc import Callable
-from functools import wraps
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, config_path, load_settings
-from portaria.errors import PortariaError
+from portaria.commands import customers, playbooks, rules, tasks, templates
+from portaria.console import (
+    CommandError,
+    ConfigOption,
+    actor,
+    err,
+    friendly,
+    out,
+    service_for,
+)
 from portaria.wiring import Service, open_service
 
 app = typer.Typer(
@@ -40,47 +45,14 @@ outbox_app = typer.Typer(help="Outgoing email: list, send, retry.", no_args_is_h
 app.add_typer(requests_app, name="requests")
 app.add_typer(users_app, name="users")
 app.add_typer(outbox_app, name="outbox")
-
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-ConfigOption = Annotated[
-    Path | None,
-    typer.Option(
-        "--config", "-c", help="Configuration file (default: $PORTARIA_CONFIG or ./portaria.toml)."
-    ),
-]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class CommandError(PortariaError):
-    """A command used the wrong way; the message says how to use it."""
-
-
-def friendly(command: F) -> F:
-    """Turn domain and configuration errors into one line on stderr and exit code 1."""
-
-    @wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except ConfigError as exc:
-            err.print(f"[bold red]configuration error:[/] {exc}", markup=True, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except PortariaError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return run  # type: ignore[return-value]
-
-
-def _service(config: Path | None) -> Service:
-    return open_service(load_settings(config))
-
-
-def _actor(by: str | None) -> str:
-    return by or f"cli:{getpass.getuser()}"
+for _name, _commands in (
+    ("customers", customers.app),
+    ("playbooks", playbooks.app),
+    ("tasks", tasks.app),
+    ("rules", rules.app),
+    ("templates", templates.app),
+):
+    app.add_typer(_commands, name=_name)
 
 
 @app.callback()
@@ -143,7 +115,7 @@ def poll(
     """Read new #ACESSO messages from the mailbox and queue their requests."""
     from intake.poller import Stop, poll_forever, poll_once
 
-    service = _service(config)
+    service = service_for(config)
     if once:
         report = poll_once(service.sessions, service.settings)
         out.print(f"{report.mailbox}: {report.summary()}")
@@ -213,7 +185,7 @@ def requests_list(
     """List access requests, oldest first."""
     from provisioning.queue import list_requests
 
-    service = _service(config)
+    service = service_for(config)
     with service.sessions() as session:
         requests = list_requests(session, status=status)
         table = Table("id", "status", "name", "email", "area", "access", "flags", "requester")
@@ -241,7 +213,7 @@ def requests_show(request_id: int, config: ConfigOption = None) -> None:
     from provisioning.audit import events_for
     from provisioning.queue import get_request
 
-    service = _service(config)
+    service = service_for(config)
     with service.sessions() as session:
         r = get_request(session, request_id)
         fields = {
@@ -289,13 +261,13 @@ def requests_approve(
 
     if bool(request_ids) == all_pending:
         raise CommandError("give request ids or --all-pending, not both and not neither")
-    service = _service(config)
+    service = service_for(config)
     with service.transaction() as session:
         ids = pending_ids(session) if all_pending else request_ids or []
         if not ids:
             out.print("no pending requests")
             return
-        approved = approve(session, service.settings, ids, actor=_actor(by))
+        approved = approve(session, service.settings, ids, actor=actor(by))
         lines = [f"approved #{r.id}: {r.email} as {r.access_type}" for r in approved]
     out.print("\n".join(lines))
     out.print("emails queued; send them with `portaria outbox send`")
@@ -312,9 +284,9 @@ def requests_reject(
     """Reject requests with a reason; the requester is told."""
     from provisioning.approvals import reject
 
-    service = _service(config)
+    service = service_for(config)
     with service.transaction() as session:
-        rejected = reject(session, service.settings, request_ids, actor=_actor(by), reason=reason)
+        rejected = reject(session, service.settings, request_ids, actor=actor(by), reason=reason)
         lines = [f"rejected #{r.id}: {r.email}" for r in rejected]
     out.print("\n".join(lines))
 
@@ -328,7 +300,7 @@ def users_list(
     """List the users directory."""
     from provisioning.directory import list_users
 
-    service = _service(config)
+    service = service_for(config)
     with service.sessions() as session:
         users = list_users(session, role=role)
     if not users:
@@ -358,7 +330,7 @@ def outbox_list(
     """List outgoing email, newest last."""
     from portaria.outbox import list_outbox
 
-    service = _service(config)
+    service = service_for(config)
     with service.sessions() as session:
         rows = list_outbox(session, status=status)
     if not rows:
@@ -382,7 +354,7 @@ def outbox_list(
 @friendly
 def outbox_send(config: ConfigOption = None) -> None:
     """Send every email that is due now."""
-    _send_outbox(_service(config))
+    _send_outbox(service_for(config))
 
 
 def _send_outbox(service: Service) -> None:
@@ -410,7 +382,7 @@ def outbox_retry(
     """Put failed emails back in the queue to be sent now."""
     from portaria.outbox import retry
 
-    service = _service(config)
+    service = service_for(config)
     with service.transaction() as session:
         count = retry(session, ids or None)
     out.print(f"{count} email(s) queued again; send with `portaria outbox send`")
@@ -428,7 +400,7 @@ def web(
 
     from portaria.web import create_app
 
-    uvicorn.run(create_app(_service(config)), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(service_for(config)), host=host, port=port, log_level="info")
 
 
 def main() -> None:

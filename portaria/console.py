@@ -1,0 +1,59 @@
+"""What every CLI command shares: the --config option, error printing, the actor's name."""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from config.settings import ConfigError, load_settings
+from portaria.errors import PortariaError
+from portaria.wiring import Service, open_service
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Configuration file (default: $PORTARIA_CONFIG or ./portaria.toml)."
+    ),
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandError(PortariaError):
+    """A command used the wrong way; the message says how to use it."""
+
+
+def friendly(command: F) -> F:
+    """Turn domain and configuration errors into one line on stderr and a non-zero exit."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except ConfigError as exc:
+            err.print(f"[bold red]configuration error:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
+        except PortariaError as exc:
+            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return run  # type: ignore[return-value]
+
+
+def service_for(config: Path | None) -> Service:
+    """Settings and database for a command; insists the schema is current."""
+    return open_service(load_settings(config))
+
+
+def actor(by: str | None) -> str:
+    """Who a decision is recorded as: --by, else the operating-system login."""
+    return by or f"cli:{getpass.getuser()}"
