@@ -1,0 +1,135 @@
+"""The `portaria` command as a person uses it: one line per error, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from portaria.cli import app
+from tests.mail import person_block, request_message
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    for name in list(os.environ):
+        if name.startswith("PORTARIA_"):
+            monkeypatch.delenv(name)
+    return tmp_path
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = runner.invoke(app, list(args))
+    return result.exit_code, result.output
+
+
+def test_init_writes_config_and_database(workdir: Path) -> None:
+    code, output = run("init")
+
+    assert code == 0, output
+    assert (workdir / "portaria.toml").read_text().startswith("# Portaria configuration.")
+    assert (workdir / "var" / "portaria.db").exists()
+    assert (workdir / "var" / "mail" / "inbox" / "new").is_dir()
+    code, output = run("init")
+    assert code == 0 and "(kept)" in output
+
+
+def test_bad_setting_names_the_key_and_the_fix(workdir: Path) -> None:
+    (workdir / "portaria.toml").write_text('[mailbox]\nkind = "imap"\nsecurity = "tls"\n')
+
+    code, output = run("requests", "list")
+
+    assert code == 2
+    assert "mailbox.security" in output
+    assert "PORTARIA_MAILBOX__SECURITY" in output
+    assert "Traceback" not in output
+
+
+def test_unknown_setting_is_refused(workdir: Path) -> None:
+    (workdir / "portaria.toml").write_text('[mailbox]\nhots = "imap.example.com"\n')
+
+    code, output = run("init")
+
+    assert code == 2
+    assert "mailbox.hots" in output
+
+
+def test_commands_before_init_say_what_to_do(workdir: Path) -> None:
+    code, output = run("requests", "list")
+
+    assert code == 1
+    assert "portaria init" in output
+
+
+def test_full_flow_through_the_cli(workdir: Path) -> None:
+    run("init")
+    inbox = mailbox.Maildir(workdir / "var" / "mail" / "inbox")
+    inbox.add(request_message(person_block("Ana Lima", "ana@cliente.test", "RH", "Comum")))
+
+    code, output = run("poll", "--once")
+    assert code == 0, output
+    assert "1 request" in output
+
+    code, output = run("requests", "list", "--status", "pending")
+    assert code == 0 and "ana@cliente.test" in output
+
+    code, output = run("requests", "approve")
+    assert code == 1 and "--all-pending" in output
+
+    code, output = run("requests", "approve", "--all-pending", "--by", "suporte@portaria.test")
+    assert code == 0, output
+    assert "approved #1: ana@cliente.test as comum" in output
+
+    code, output = run("requests", "approve", "1")
+    assert code == 1
+    assert "#1 is approved" in output
+    assert "Traceback" not in output
+
+    code, output = run("requests", "show", "1")
+    assert "request.approved by suporte@portaria.test" in output
+
+    code, output = run("users", "list")
+    assert "ana@cliente.test" in output and "comum" in output
+
+    code, output = run("outbox", "send")
+    assert code == 0 and "2 sent" in output
+
+    code, output = run("requests", "show", "99")
+    assert code == 1 and "no access request #99" in output
+
+
+def test_parse_json_one_file(workdir: Path) -> None:
+    message = workdir / "pedido.eml"
+    message.write_bytes(
+        request_message(person_block("Ana Lima", "ana@cliente.test", "RH", "Agente"))
+    )
+
+    code, output = run("parse", "--json", str(message))
+
+    assert code == 0
+    report = json.loads(output)
+    assert report["outcome"] == "request"
+    assert report["requests"] == [
+        {"name": "Ana Lima", "email": "ana@cliente.test", "area": "RH", "access_type": "agente"}
+    ]
+    assert report["message"]["from"] == "helena.costa@cliente.test"
+
+
+def test_parse_several_files_goes_on_past_a_bad_one(workdir: Path) -> None:
+    good = workdir / "good.eml"
+    good.write_bytes(request_message(person_block("Ana Lima", "ana@x.test", "RH", "Comum")))
+    missing = workdir / "missing.eml"
+
+    code, output = run("parse", "--json", str(missing), str(good))
+
+    assert code == 0
+    first, second = (json.loads(line) for line in output.splitlines())
+    assert first["file"] == str(missing) and first["outcome"] == "unreadable"
+    assert second["file"] == str(good) and second["outcome"] == "request"
