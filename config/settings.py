@@ -12,14 +12,16 @@ configuration directory can be moved as a whole.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
     ConfigDict,
-    EmailStr,
     Field,
     SecretStr,
     ValidationError,
@@ -57,6 +59,18 @@ def _read_secret(value: SecretStr | None, path: Path | None, key: str) -> Secret
         return SecretStr(path.read_text(encoding="utf-8").strip())
     except OSError as exc:
         raise ValueError(f"{key}_file: cannot read {path}: {exc.strerror}") from exc
+
+
+# Deliberately looser than a full RFC 5322 check: local names such as
+# portaria@localhost and reserved test domains are legitimate here.
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
+
+
+def _address(value: str) -> str:
+    value = value.strip()
+    if not _ADDRESS.match(value):
+        raise ValueError("must be one email address, like acesso@example.com.br")
+    return value.lower()
 
 
 class DatabaseSettings(_Section):
@@ -128,12 +142,17 @@ class OutboundSettings(_Section):
     password_file: Path | None = None
     ca_file: Path | None = None
     timeout: float = Field(30.0, gt=0)
-    from_address: EmailStr = Field(
+    from_address: str = Field(
         "portaria@localhost", description="Sender of every email Portaria writes."
     )
     from_name: str = "Portaria"
     max_attempts: int = Field(8, ge=1, le=100, description="Tries before a message is failed.")
     backoff_seconds: int = Field(60, ge=1, description="First retry delay; doubles each time.")
+
+    @field_validator("from_address")
+    @classmethod
+    def _from_address(cls, value: str) -> str:
+        return _address(value)
 
     @model_validator(mode="after")
     def _smtp_needs_server(self) -> OutboundSettings:
@@ -154,7 +173,7 @@ class OutboundSettings(_Section):
 class ServiceSettings(_Section):
     tag: str = Field("#ACESSO", min_length=2, description="Subject tag that marks a request.")
     language: Literal["pt-BR", "en"] = Field("pt-BR", description="Language of outgoing email.")
-    support_address: EmailStr | None = Field(
+    support_address: str | None = Field(
         None, description="Who is told that requests are waiting for approval."
     )
     base_url: str = Field(
@@ -162,12 +181,47 @@ class ServiceSettings(_Section):
     )
     token_ttl_hours: int = Field(72, ge=1, le=24 * 30, description="Set-password link lifetime.")
 
+    @field_validator("support_address")
+    @classmethod
+    def _support_address(cls, value: str | None) -> str | None:
+        return None if value is None else _address(value)
+
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+
+class EngineSettings(_Section):
+    holiday_country: str = Field(
+        "BR", description="Country whose public holidays are not business days (ISO code)."
+    )
+    holiday_subdivision: str | None = Field(
+        None,
+        description="State or city whose holidays are also closed, e.g. 'SP', 'RJ' or "
+        "'São Paulo Capital'.",
+    )
+    closed_dates: list[date] = Field(
+        default_factory=list,
+        description="Extra days off of this company (ISO dates), e.g. a city anniversary.",
+    )
+    timezone: str = Field(
+        "America/Sao_Paulo", description="Time zone that decides what 'today' is for due dates."
+    )
+    email_cap_per_recipient_per_day: int = Field(
+        3, ge=0, description="Most rule emails one address receives per day; 0 turns them off."
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (e.g. 'America/Sao_Paulo')") from exc
+        return value
 
 
 class Settings(BaseSettings):
@@ -179,6 +233,7 @@ class Settings(BaseSettings):
     mailbox: MailboxSettings = MailboxSettings()
     outbound: OutboundSettings = OutboundSettings()
     service: ServiceSettings = ServiceSettings()
+    engine: EngineSettings = EngineSettings()
 
     # Set by load_settings; where relative paths are anchored.
     config_dir: Path = Field(Path("."), exclude=True)

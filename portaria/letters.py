@@ -88,13 +88,13 @@ FIELD_LABELS: dict[str, dict[str, str]] = {
 FLAG_LABELS: dict[str, dict[str, str]] = {
     "pt-BR": {
         "existing_user": "já tem conta na plataforma",
-        "pending_duplicate": "já existe outro pedido pendente para esta pessoa",
-        "admin_access": "pede acesso de administrador: confira com atenção",
+        "pending_duplicate": "já há outro pedido pendente para esta pessoa",
+        "admin_access": "pede acesso de administrador",
     },
     "en": {
         "existing_user": "already has an account on the platform",
         "pending_duplicate": "another pending request exists for this person",
-        "admin_access": "asks for administrator access: check carefully",
+        "admin_access": "asks for administrator access",
     },
 }
 
@@ -213,9 +213,12 @@ def _render(environment: Environment, language: str, name: str, values: dict[str
 
 
 def _tidy_text(text: str) -> str:
-    """Plain text without trailing spaces and with exactly one final newline."""
+    """Plain text without trailing spaces, runs of blank lines or missing final newline."""
     lines = [line.rstrip() for line in text.splitlines()]
-    return "\n".join(lines).strip("\n") + "\n"
+    # Loops in templates are easier to read with a blank line per item; the
+    # reader should not see the doubled blank lines that leaves behind.
+    kept = [line for i, line in enumerate(lines) if line or (i > 0 and lines[i - 1])]
+    return "\n".join(kept).strip("\n") + "\n"
 
 
 @functools.cache
