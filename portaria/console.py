@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import sys
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -15,8 +16,11 @@ from config.settings import ConfigError, load_settings
 from portaria.errors import PortariaError
 from portaria.wiring import Service, open_service
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Piped or captured output is read by scripts and people's pagers: tables there
+# must not be cut at 80 columns, so only a real terminal sets the width.
+_WIDTH = None if sys.stdout.isatty() else 200
+out = Console(highlight=False, width=_WIDTH)
+err = Console(stderr=True, highlight=False, width=_WIDTH)
 
 ConfigOption = Annotated[
     Path | None,

@@ -4,13 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v dovecot >/dev/null 2>&1 && [ ! -x /usr/sbin/dovecot ]; then
+# The tests start their own Dovecot and PostgreSQL servers; install them when missing.
+missing=()
+command -v dovecot >/dev/null 2>&1 || [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
-        echo "installing dovecot-imapd (the IMAP tests need a real Dovecot)"
+        echo "installing ${missing[*]} (the tests run real servers)"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dovecot-imapd >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     else
-        echo "dovecot is missing: run 'sudo apt-get install -y dovecot-imapd' first" >&2
+        echo "missing ${missing[*]}: run 'sudo apt-get install -y ${missing[*]}' first" >&2
         [ "${CI:-}" = true ] && exit 1
     fi
 fi
