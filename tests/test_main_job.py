@@ -35,6 +35,7 @@ def settings(request: pytest.FixtureRequest, settings: Settings) -> Settings:
 
 
 def deliver(settings: Settings, *messages: bytes) -> None:
+    settings.path(settings.mailbox.maildir).parent.mkdir(parents=True, exist_ok=True)
     inbox = mailbox.Maildir(settings.path(settings.mailbox.maildir), create=True)
     for raw in messages:
         inbox.add(raw)
