@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, config_path, load_settings
@@ -63,6 +64,8 @@ def main_options(
         level=logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # mail-parser warns about every unusual part type; our own log says what matters.
+    logging.getLogger("mailparser").setLevel(logging.ERROR)
 
 
 @app.command()
@@ -164,8 +167,9 @@ def parse(
             sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
         else:
             if several:
-                out.print(f"[bold]{file}[/]")
-            out.print(format_report(report) if "message" in report else _unreadable(report))
+                out.print(f"[bold]{escape(str(file))}[/]")
+            text = format_report(report) if "message" in report else _unreadable(report)
+            out.print(text, markup=False)
     if failed and not several:
         raise typer.Exit(1)
 
