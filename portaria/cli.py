@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, config_path, load_settings
-from portaria.commands import customers, playbooks, rules, tasks, templates
+from portaria.commands import customers, playbooks, rules, schedule, tasks, templates
 from portaria.console import (
     CommandError,
     ConfigOption,
@@ -54,6 +54,8 @@ for _name, _commands in (
     ("templates", templates.app),
 ):
     app.add_typer(_commands, name=_name)
+app.command("schedule")(schedule.schedule_command)
+app.command("run")(schedule.run_command)
 
 
 @app.callback()

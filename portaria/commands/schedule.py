@@ -1,5 +1,108 @@
-"""The `portaria schedule` commands."""
+"""`portaria schedule` and `portaria run`: the long-running processes of the engine.
+
+Two plain functions with Typer-annotated parameters; the CLI registers them as
+top-level commands. This is the composition root of the scheduler: it builds
+the jobs (outbox, and intake when asked), which the engine cannot import.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+from typing import Annotated
 
 import typer
+from sqlalchemy.orm import Session, sessionmaker
 
-app = typer.Typer(help="schedule", no_args_is_help=True)
+from config.settings import Settings
+from engine.scheduler import (
+    DEFAULT_TICK_SECONDS,
+    Job,
+    Scheduler,
+    install_stop_signals,
+    outbox_job,
+)
+from portaria.console import ConfigOption, friendly, out, service_for
+
+log = logging.getLogger(__name__)
+
+# How long `portaria run` waits for the intake thread after the scheduler stops.
+INTAKE_GRACE_SECONDS = 5.0
+
+TickOption = Annotated[
+    float,
+    typer.Option("--tick", min=1.0, help="Segundos entre verificações (seconds between checks)."),
+]
+
+
+def intake_job(sessions: sessionmaker[Session], settings: Settings) -> Job:
+    """Poll the mailbox once per ``mailbox.poll_interval`` seconds."""
+    from intake.poller import poll_once
+
+    def work(_now: object) -> str:
+        report = poll_once(sessions, settings)
+        return f"{report.mailbox}: {report.summary()}"
+
+    return Job("intake", timedelta(seconds=settings.mailbox.poll_interval), work)
+
+
+@friendly
+def schedule_command(
+    config: ConfigOption = None,
+    with_intake: Annotated[
+        bool,
+        typer.Option("--with-intake", help="Também ler a caixa de entrada (also poll the inbox)."),
+    ] = False,
+    tick: TickOption = DEFAULT_TICK_SECONDS,
+) -> None:
+    """Rodar as regras na hora certa e enviar a fila de e-mails; SIGTERM encerra."""
+    service = service_for(config)
+    jobs = [outbox_job(service.sessions, service.settings)]
+    if with_intake:
+        jobs.append(intake_job(service.sessions, service.settings))
+    stop = threading.Event()
+    install_stop_signals(stop)
+    scheduler = Scheduler(service.sessions, service.settings, jobs=jobs, stop=stop)
+    out.print(
+        "agendador rodando (scheduler running): "
+        + ", ".join(["regras", *(job.name for job in jobs)])
+        + "; Ctrl+C para parar"
+    )
+    scheduler.run_forever(tick_seconds=tick)
+    out.print("agendador parado (scheduler stopped)")
+
+
+@friendly
+def run_command(
+    config: ConfigOption = None,
+    tick: TickOption = DEFAULT_TICK_SECONDS,
+) -> None:
+    """Ler pedidos da caixa de entrada (IDLE quando houver) e rodar o agendador juntos."""
+    from intake.poller import Stop, poll_forever
+
+    service = service_for(config)
+    stop = Stop()
+    stop.install()
+
+    def intake() -> None:
+        try:
+            poll_forever(service.sessions, service.settings, stop)
+        except Exception:  # without intake the process is half-alive; stop all to be restarted
+            log.exception("intake stopped unexpectedly; stopping the scheduler too")
+            stop.event.set()
+
+    reader = threading.Thread(target=intake, name="intake", daemon=True)
+    reader.start()
+    scheduler = Scheduler(
+        service.sessions,
+        service.settings,
+        jobs=[outbox_job(service.sessions, service.settings)],
+        stop=stop.event,
+    )
+    out.print("portaria rodando: entrada, regras e fila de e-mails; Ctrl+C para parar")
+    scheduler.run_forever(tick_seconds=tick)
+    # The poller notices the stop between polls, but may be sleeping until the
+    # next one; its steps are safe to cut (a move owed is made on the next start).
+    reader.join(timeout=INTAKE_GRACE_SECONDS)
+    out.print("portaria parado (stopped)")

@@ -1,0 +1,283 @@
+"""Admin-written templates: the sandbox, unknown names refused with their line, escaping."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from engine.errors import EmailRenderError, EmailTemplateInUse, EmailTemplateRefused
+from engine.models import Customer, CustomField, EmailTemplate, Rule
+from engine.rules import create_rule
+from engine.templating import (
+    create_template,
+    date_br,
+    edit_template,
+    email_context,
+    get_template,
+    money_br,
+    remove_template,
+    render_email,
+    variables_help,
+)
+from portaria.wiring import Service
+from provisioning.directory import create_user
+
+TODAY = date(2025, 6, 10)
+
+
+@pytest.fixture
+def shop(service: Service) -> Service:
+    """One custom field and two cards: one with an owner, one without."""
+    with service.transaction() as session:
+        owner = create_user(
+            session,
+            name="Ana Souza",
+            email="ana@cs.example.com.br",
+            area="CS",
+            role="agente",
+            created_via="test",
+        )
+        session.add(CustomField(key="plano", label="Plano", kind="text"))
+        session.add_all(
+            [
+                Customer(
+                    code="ACME",
+                    name='Acme <Indústria> & "Filhos"',
+                    owner_id=owner.id,
+                    contact_email="compras@acme.com.br",
+                    mrr=Decimal("1234.5"),
+                    renewal_date=date(2025, 7, 1),
+                    custom={"plano": "ouro"},
+                ),
+                Customer(code="SOLO", name="Solo\nLinha dois", custom={}),
+            ]
+        )
+    return service
+
+
+def save(service: Service, *, subject: str = "Olá", text: str = "Oi", html: str | None = None):
+    with service.transaction() as session:
+        return create_template(
+            session, name="Modelo", subject=subject, body_text=text, body_html=html
+        )
+
+
+def refusal(service: Service, **parts: str) -> EmailTemplateRefused:
+    with pytest.raises(EmailTemplateRefused) as caught:
+        save(service, **parts)
+    with service.sessions() as session:
+        assert session.query(EmailTemplate).count() == 0
+    return caught.value
+
+
+class TestSandbox:
+    def test_class_walk_is_refused_at_save(self, shop: Service) -> None:
+        refused = refusal(shop, text="Oi\n{{ ''.__class__.__mro__[1].__subclasses__() }}")
+        assert refused.part == "text"
+        assert refused.line == 2
+        assert refused.name == "__class__"
+        assert "sandbox" in str(refused)
+
+    def test_cycler_globals_are_refused_at_save(self, shop: Service) -> None:
+        refused = refusal(shop, html="<p>\n\n{{ cycler.__init__.__globals__ }}</p>")
+        assert refused.part == "html"
+        assert refused.line == 3
+        assert refused.name == "__init__"
+
+    def test_globals_outside_the_vocabulary_are_unknown(self, shop: Service) -> None:
+        refused = refusal(shop, text="{{ lipsum() }}")
+        assert refused.name == "lipsum"
+        assert "unknown variable" in str(refused)
+
+    @pytest.mark.parametrize(
+        "source",
+        [
+            "{{ customer.name|attr('__class__') }}",
+            "{{ customer['__class__'] }}",
+            "{{ customer._values }}",
+            "{% set c = customer %}{{ c.__class__ }}",
+        ],
+    )
+    def test_underscore_access_is_refused(self, shop: Service, source: str) -> None:
+        refused = refusal(shop, text=source)
+        assert "sandbox" in str(refused) or "attr" in str(refused)
+
+    def test_format_string_escape_is_caught_by_the_trial_render(self, shop: Service) -> None:
+        refused = refusal(shop, subject="{{ '{0.__class__}'.format(customer.name) }}")
+        assert refused.part == "subject"
+        assert "sandbox" in str(refused)
+
+    def test_lists_cannot_be_changed(self, shop: Service) -> None:
+        refused = refusal(shop, text="{% set x = [1] %}{{ x.append(2) }}")
+        assert "sandbox" in str(refused)
+
+
+class TestUnknownNames:
+    def test_unknown_variable_names_line_and_name(self, shop: Service) -> None:
+        refused = refusal(shop, text="Olá,\n\n{{ clinete.name }}\n")
+        assert refused.line == 3
+        assert refused.name == "clinete"
+        assert str(refused) == (
+            "modelo recusado (template refused): texto (text), linha 3: "
+            "variável desconhecida (unknown variable): 'clinete'"
+        )
+
+    def test_unknown_field_of_a_known_variable(self, shop: Service) -> None:
+        refused = refusal(shop, subject="{{ customer.nmae }}")
+        assert refused.part == "subject"
+        assert refused.name == "customer.nmae"
+
+    def test_unknown_custom_field(self, shop: Service) -> None:
+        refused = refusal(shop, text="a\n{{ customer.custom.desconto }}")
+        assert refused.line == 2
+        assert refused.name == "customer.custom.desconto"
+
+    def test_syntax_error_names_the_line(self, shop: Service) -> None:
+        refused = refusal(shop, text="a\nb\n{% if customer.name %}sem fim")
+        assert refused.line == 3
+        assert "syntax error" in str(refused)
+
+    def test_names_the_template_sets_itself_are_fine(self, shop: Service) -> None:
+        template = save(
+            shop,
+            text=(
+                "{% set total = customer.mrr %}{{ total|money_br }}\n"
+                "{% for letra in customer.code %}{{ loop.index }}{{ letra }}{% endfor %}\n"
+                "{% if owner %}{{ owner.name }}{% endif %} {{ today|date_br }}\n"
+            ),
+        )
+        assert template.id is not None
+
+
+class TestRendering:
+    def render(self, service: Service, code: str, **parts: str):
+        with service.transaction() as session:
+            template = create_template(session, name="R", **parts)
+        with service.sessions() as session:
+            card = session.query(Customer).filter_by(code=code).one()
+            context = email_context(session, card, today=TODAY, unsubscribe="mailto:x@y.z")
+            return render_email(get_template(session, template.name), context)
+
+    def test_html_is_escaped_and_text_is_not(self, shop: Service) -> None:
+        email = self.render(
+            shop,
+            "ACME",
+            subject="Renovação de {{ customer.name }}",
+            body_text="{{ customer.name }}: {{ customer.mrr|money_br }} em "
+            "{{ customer.renewal_date|date_br }}, plano {{ customer.custom.plano }}\n",
+            body_html="<p>{{ customer.name }}</p><p>{{ owner.name }}</p>",
+        )
+        assert email.subject == 'Renovação de Acme <Indústria> & "Filhos"'
+        assert email.text == 'Acme <Indústria> & "Filhos": R$ 1.234,50 em 01/07/2025, plano ouro\n'
+        assert email.html == (
+            "<p>Acme &lt;Indústria&gt; &amp; &#34;Filhos&#34;</p><p>Ana Souza</p>"
+        )
+
+    def test_subject_is_one_line(self, shop: Service) -> None:
+        email = self.render(shop, "SOLO", subject="Cliente {{ customer.name }}\n", body_text="x")
+        assert email.subject == "Cliente Solo Linha dois"
+
+    def test_empty_values_print_as_nothing(self, shop: Service) -> None:
+        email = self.render(shop, "SOLO", subject="s", body_text="[{{ customer.segment }}]")
+        assert email.text == "[]"
+
+    def test_missing_owner_is_reported_with_its_path(self, shop: Service) -> None:
+        with pytest.raises(EmailRenderError) as caught:
+            self.render(shop, "SOLO", subject="s", body_text="Oi\n{{ owner.name }}")
+        assert caught.value.line == 2
+        assert str(caught.value) == (
+            "texto (text), linha 2: owner.name não está definido (is undefined): "
+            "cliente sem responsável (no owner)"
+        )
+
+    def test_missing_custom_value_is_reported(self, shop: Service) -> None:
+        with pytest.raises(EmailRenderError) as caught:
+            self.render(shop, "SOLO", subject="{{ customer.custom.plano }}", body_text="x")
+        assert caught.value.part == "subject"
+        assert "customer.custom.plano não está definido para este cliente" in str(caught.value)
+
+    def test_default_filter_covers_a_missing_value(self, shop: Service) -> None:
+        email = self.render(
+            shop, "SOLO", subject="s", body_text="{{ customer.custom.plano|default('básico') }}"
+        )
+        assert email.text == "básico"
+
+
+class TestStoring:
+    def test_rename_follows_into_rules(self, shop: Service) -> None:
+        save(shop, text="{{ customer.name }}")
+        with shop.transaction() as session:
+            create_rule(
+                session,
+                {
+                    "name": "Aviso",
+                    "actions": [{"kind": "email", "template": "Modelo", "to": ["contact"]}],
+                },
+            )
+            edit_template(session, "Modelo", new_name="Modelo novo")
+        with shop.sessions() as session:
+            rule = session.query(Rule).one()
+            assert rule.actions == [
+                {"kind": "email", "template": "Modelo novo", "to": ["contact"]}
+            ]
+
+    def test_template_in_use_is_not_removed(self, shop: Service) -> None:
+        save(shop)
+        with shop.transaction() as session:
+            create_rule(
+                session,
+                {
+                    "name": "Aviso",
+                    "actions": [{"kind": "email", "template": "Modelo", "to": ["owner"]}],
+                },
+            )
+        with pytest.raises(EmailTemplateInUse, match="Aviso"), shop.transaction() as session:
+            remove_template(session, "Modelo")
+
+    def test_unused_template_is_removed(self, shop: Service) -> None:
+        save(shop)
+        with shop.transaction() as session:
+            remove_template(session, "Modelo")
+        with shop.sessions() as session:
+            assert session.query(EmailTemplate).count() == 0
+
+    def test_edit_is_checked_like_a_save(self, shop: Service) -> None:
+        save(shop)
+        with pytest.raises(EmailTemplateRefused) as caught, shop.transaction() as session:
+            edit_template(session, "Modelo", body_text="{{ customer.__class__ }}")
+        assert caught.value.name == "__class__"
+        with shop.sessions() as session:
+            assert get_template(session, "Modelo").body_text == "Oi"
+
+
+def test_variables_are_documented_with_custom_fields(shop: Service) -> None:
+    with shop.sessions() as session:
+        names = [name for name, _ in variables_help(session)]
+    for expected in (
+        "customer",
+        "customer.name",
+        "customer.custom.plano",
+        "owner.email",
+        "task.due_date",
+        "playbook.name",
+        "rule.name",
+        "today",
+        "unsubscribe",
+    ):
+        assert expected in names
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [(Decimal("1234567.891"), "R$ 1.234.567,89"), (0, "R$ 0,00"), (-5.5, "-R$ 5,50"), (None, "")],
+)
+def test_money_br(value: object, expected: str) -> None:
+    assert money_br(value) == expected
+
+
+def test_date_br() -> None:
+    assert date_br(date(2025, 12, 31)) == "31/12/2025"
+    assert date_br("2025-01-02") == "02/01/2025"
+    assert date_br(None) == ""
