@@ -28,12 +28,14 @@ echo
 echo
 "$portaria" requests list
 echo
-cat <<TXT
-Próximos passos (next steps):
-  $portaria requests show 1                      # ver um pedido (one request, in full)
-  $portaria requests approve 1 2                 # aprovar (approve; creates the accounts)
-  $portaria requests approve --all-pending       # aprovar todos os pendentes
-  $portaria requests reject 3 --reason "..."     # recusar com motivo (reject with a reason)
-  $portaria outbox send                          # enviar os emails (written to var/mail/outbox)
-  $portaria users list                           # usuários criados (the users directory)
+echo "Próximos passos (next steps):"
+while IFS='|' read -r command meaning; do
+    printf '  %-52s # %s\n' "$portaria $command" "$meaning"
+done <<'TXT'
+requests show 1|ver um pedido (one request, in full)
+requests approve 1 2|aprovar: cria as contas (approve: creates the accounts)
+requests approve --all-pending|aprovar todos os pendentes (approve every pending one)
+requests reject 3 --reason "..."|recusar com motivo (reject with a reason)
+outbox send|enviar os e-mails, para var/mail/outbox (send the emails)
+users list|usuários criados (the users directory)
 TXT
