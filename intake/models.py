@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Index, String, Text, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from portaria.db import Base, utcnow
@@ -54,4 +54,20 @@ class MailboxState(Base):
     last_result: Mapped[str | None] = mapped_column(Text)
     last_error: Mapped[str | None] = mapped_column(Text)
     last_success_at: Mapped[datetime | None]
+    # Set at the first failed poll after a success; cleared on recovery.
+    failing_since: Mapped[datetime | None]
+    # When the admin was told the mailbox is failing; cleared when told it recovered.
+    alert_sent_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class AutoReply(Base):
+    """One automatic answer sent to one address: the ledger behind the hourly cap."""
+
+    __tablename__ = "auto_replies"
+    __table_args__ = (Index("ix_auto_replies_recipient_at", "recipient", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recipient: Mapped[str] = mapped_column(String(320))
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    outbox_id: Mapped[int | None] = mapped_column(ForeignKey("outbox.id", ondelete="SET NULL"))

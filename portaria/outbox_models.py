@@ -37,3 +37,15 @@ class OutboxMessage(Base):
     sent_at: Mapped[datetime | None]
     # What caused it, for people reading the outbox: "request:12", "message:3".
     cause: Mapped[str | None] = mapped_column(String(80))
+
+
+class BouncedAddress(Base):
+    """An address our mail bounced from: the outbox does not write to it again."""
+
+    __tablename__ = "bounced_addresses"
+
+    email: Mapped[str] = mapped_column(String(320), primary_key=True)
+    first_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_at: Mapped[datetime] = mapped_column(default=utcnow)
+    bounces: Mapped[int] = mapped_column(default=1)
+    last_reason: Mapped[str] = mapped_column(Text, default="")
