@@ -39,10 +39,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 requests_app = typer.Typer(
-    help="Access requests: list, show, approve, reject.", no_args_is_help=True
+    help="Pedidos de acesso: listar, ver, aprovar, recusar (access requests).",
+    no_args_is_help=True,
 )
-users_app = typer.Typer(help="The users directory.", no_args_is_help=True)
-outbox_app = typer.Typer(help="Outgoing email: list, send, retry.", no_args_is_help=True)
+users_app = typer.Typer(help="Usuários da plataforma (the users directory).", no_args_is_help=True)
+outbox_app = typer.Typer(
+    help="E-mails de saída: listar, enviar, reenviar (outgoing email).", no_args_is_help=True
+)
 app.add_typer(requests_app, name="requests")
 app.add_typer(users_app, name="users")
 app.add_typer(outbox_app, name="outbox")
@@ -60,7 +63,9 @@ app.command("run")(schedule.run_command)
 
 @app.callback()
 def main_options(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log what happens.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Mostrar o que acontece (log what happens).")
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
@@ -74,27 +79,31 @@ def main_options(
 @friendly
 def init(
     config: ConfigOption = None,
-    force: Annotated[bool, typer.Option(help="Overwrite an existing configuration file.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Sobrescrever a configuração existente (overwrite it).")
+    ] = False,
 ) -> None:
-    """Write a commented starter configuration (if missing) and create or migrate the database."""
+    """Criar a configuração comentada (se faltar) e criar ou atualizar o banco de dados."""
     file = config_path(config)
     if file.exists() and not force:
-        out.print(f"configuration: {file} (kept)")
+        out.print(f"configuração (configuration): {file} (mantida, kept)")
     else:
         file.parent.mkdir(parents=True, exist_ok=True)
         example = resources.files("config").joinpath("portaria.example.toml").read_text("utf-8")
         file.write_text(example, encoding="utf-8")
-        out.print(f"configuration: {file} (written)")
+        out.print(f"configuração (configuration): {file} (criada, written)")
 
     service = open_service(load_settings(file), migrate=True)
     settings = service.settings
     for folder in _local_folders(settings):
         folder.mkdir(parents=True, exist_ok=True)
-    out.print(f"database: {service.engine.url.render_as_string()} (up to date)")
+    out.print(f"banco de dados (database): {service.engine.url.render_as_string()} (atualizado)")
     if settings.mailbox.kind == "maildir":
-        out.print(f"inbox: {settings.path(settings.mailbox.maildir)} (Maildir)")
+        out.print(f"caixa de entrada (inbox): {settings.path(settings.mailbox.maildir)} (Maildir)")
     if settings.outbound.kind == "maildir":
-        out.print(f"outgoing mail: {settings.path(settings.outbound.maildir)} (Maildir)")
+        out.print(
+            f"e-mails de saída (outgoing): {settings.path(settings.outbound.maildir)} (Maildir)"
+        )
 
 
 def _local_folders(settings: Settings) -> list[Path]:
@@ -111,13 +120,14 @@ def _local_folders(settings: Settings) -> list[Path]:
 def poll(
     config: ConfigOption = None,
     once: Annotated[
-        bool, typer.Option("--once", help="One pass over the inbox, then exit.")
+        bool, typer.Option("--once", help="Ler a caixa uma vez e sair (one pass, then exit).")
     ] = False,
     send: Annotated[
-        bool, typer.Option(help="Send due outbox email after each pass (with --once).")
+        bool,
+        typer.Option(help="Enviar os e-mails da fila depois (send due email after, with --once)."),
     ] = True,
 ) -> None:
-    """Read new #ACESSO messages from the mailbox and queue their requests."""
+    """Ler as mensagens #ACESSO novas e enfileirar os pedidos (poll the mailbox)."""
     from intake.poller import Stop, poll_forever, poll_once
 
     service = service_for(config)
@@ -129,19 +139,21 @@ def poll(
         return
     stop = Stop()
     stop.install()
-    out.print("polling; Ctrl+C to stop")
+    out.print("lendo a caixa de entrada; Ctrl+C para parar (polling; Ctrl+C to stop)")
     poll_forever(service.sessions, service.settings, stop)
 
 
 @app.command()
 def parse(
-    files: Annotated[list[Path], typer.Argument(help="Message files (.eml) to read.")],
+    files: Annotated[
+        list[Path], typer.Argument(help="Arquivos de mensagem (.eml) (message files).")
+    ],
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON (JSON Lines for several).")
+        bool, typer.Option("--json", help="Saída em JSON; JSON Lines para vários arquivos.")
     ] = False,
     config: ConfigOption = None,
 ) -> None:
-    """Show what Portaria would make of message files. A dry run: nothing is stored or sent."""
+    """Mostrar o que a Portaria entende de mensagens; nada é gravado nem enviado (dry run)."""
     from intake.errors import IntakeError
     from intake.report import format_report, parse_report
 
@@ -185,10 +197,10 @@ def _unreadable(report: dict[str, Any]) -> str:
 def requests_list(
     config: ConfigOption = None,
     status: Annotated[
-        str | None, typer.Option(help="pending, approved, rejected or incomplete.")
+        str | None, typer.Option(help="pending, approved, rejected ou incomplete.")
     ] = None,
 ) -> None:
-    """List access requests, oldest first."""
+    """Listar os pedidos de acesso, do mais antigo ao mais novo."""
     from provisioning.queue import list_requests
 
     service = service_for(config)
@@ -207,7 +219,7 @@ def requests_list(
                 r.requester_email,
             )
     if not requests:
-        out.print("no requests" + (f" with status {status}" if status else ""))
+        out.print("nenhum pedido (no requests)" + (f": {status}" if status else ""))
         return
     out.print(table)
 
@@ -215,7 +227,7 @@ def requests_list(
 @requests_app.command("show")
 @friendly
 def requests_show(request_id: int, config: ConfigOption = None) -> None:
-    """Show one request, its source message and its history."""
+    """Ver um pedido, a mensagem de origem e o histórico."""
     from provisioning.audit import events_for
     from provisioning.queue import get_request
 
@@ -245,55 +257,70 @@ def requests_show(request_id: int, config: ConfigOption = None) -> None:
                 out.print(f"{label:>12}: {value}")
         events = events_for(session, "access_request", r.id)
         if events:
-            out.print("     history:")
+            out.print("   histórico:")
             for e in events:
                 when = e.at.isoformat(timespec="seconds")
-                out.print(f"              {when} {e.action} by {e.actor} {e.detail or ''}")
+                out.print(f"              {when} {e.action} por (by) {e.actor} {e.detail or ''}")
 
 
 @requests_app.command("approve")
 @friendly
 def requests_approve(
-    request_ids: Annotated[list[int] | None, typer.Argument(help="Request ids.")] = None,
+    request_ids: Annotated[
+        list[int] | None, typer.Argument(help="Números dos pedidos (request ids).")
+    ] = None,
     all_pending: Annotated[
-        bool, typer.Option("--all-pending", help="Every pending request.")
+        bool,
+        typer.Option("--all-pending", help="Todos os pedidos pendentes (every pending request)."),
     ] = False,
-    by: Annotated[str | None, typer.Option(help="Who decides (default: cli:<login>).")] = None,
+    by: Annotated[
+        str | None, typer.Option(help="Quem decide (who decides; default cli:<login>).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Approve requests: create the accounts and email the requester and each new user."""
+    """Aprovar pedidos: cria as contas e avisa o solicitante e cada novo usuário."""
     from provisioning.approvals import approve
     from provisioning.queue import pending_ids
 
     if bool(request_ids) == all_pending:
-        raise CommandError("give request ids or --all-pending, not both and not neither")
+        raise CommandError(
+            "informe números de pedido ou --all-pending, um dos dois "
+            "(give request ids or --all-pending, not both)"
+        )
     service = service_for(config)
     with service.transaction() as session:
         ids = pending_ids(session) if all_pending else request_ids or []
         if not ids:
-            out.print("no pending requests")
+            out.print("nenhum pedido pendente (no pending requests)")
             return
         approved = approve(session, service.settings, ids, actor=actor(by))
-        lines = [f"approved #{r.id}: {r.email} as {r.access_type}" for r in approved]
+        lines = [f"aprovado (approved) #{r.id}: {r.email} como {r.access_type}" for r in approved]
     out.print("\n".join(lines))
-    out.print("emails queued; send them with `portaria outbox send`")
+    out.print("e-mails na fila; envie com (send with) `portaria outbox send`")
 
 
 @requests_app.command("reject")
 @friendly
 def requests_reject(
-    request_ids: Annotated[list[int], typer.Argument(help="Request ids.")],
-    reason: Annotated[str, typer.Option("--reason", help="Why; the requester reads it.")] = "",
-    by: Annotated[str | None, typer.Option(help="Who decides (default: cli:<login>).")] = None,
+    request_ids: Annotated[list[int], typer.Argument(help="Números dos pedidos (request ids).")],
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason", help="Motivo; o solicitante vai ler (why; the requester reads it)."
+        ),
+    ] = "",
+    by: Annotated[
+        str | None, typer.Option(help="Quem decide (who decides; default cli:<login>).")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Reject requests with a reason; the requester is told."""
+    """Recusar pedidos com um motivo; o solicitante é avisado."""
     from provisioning.approvals import reject
 
     service = service_for(config)
     with service.transaction() as session:
         rejected = reject(session, service.settings, request_ids, actor=actor(by), reason=reason)
-        lines = [f"rejected #{r.id}: {r.email}" for r in rejected]
+        lines = [f"recusado (rejected) #{r.id}: {r.email}" for r in rejected]
     out.print("\n".join(lines))
 
 
@@ -301,16 +328,16 @@ def requests_reject(
 @friendly
 def users_list(
     config: ConfigOption = None,
-    role: Annotated[str | None, typer.Option(help="comum, agente or admin.")] = None,
+    role: Annotated[str | None, typer.Option(help="comum, agente ou admin.")] = None,
 ) -> None:
-    """List the users directory."""
+    """Listar os usuários."""
     from provisioning.directory import list_users
 
     service = service_for(config)
     with service.sessions() as session:
         users = list_users(session, role=role)
     if not users:
-        out.print("no users")
+        out.print("nenhum usuário (no users)")
         return
     table = Table("id", "name", "email", "area", "role", "active", "password", "created via")
     for u in users:
@@ -331,16 +358,16 @@ def users_list(
 @friendly
 def outbox_list(
     config: ConfigOption = None,
-    status: Annotated[str | None, typer.Option(help="pending, sent or failed.")] = None,
+    status: Annotated[str | None, typer.Option(help="pending, sent ou failed.")] = None,
 ) -> None:
-    """List outgoing email, newest last."""
+    """Listar os e-mails de saída, o mais novo por último."""
     from portaria.outbox import list_outbox
 
     service = service_for(config)
     with service.sessions() as session:
         rows = list_outbox(session, status=status)
     if not rows:
-        out.print("outbox empty" + (f" for status {status}" if status else ""))
+        out.print("fila de saída vazia (outbox empty)" + (f": {status}" if status else ""))
         return
     table = Table("id", "status", "kind", "to", "subject", "tries", "last error")
     for row in rows:
@@ -359,7 +386,7 @@ def outbox_list(
 @outbox_app.command("send")
 @friendly
 def outbox_send(config: ConfigOption = None) -> None:
-    """Send every email that is due now."""
+    """Enviar agora os e-mails que estão na hora."""
     _send_outbox(service_for(config))
 
 
@@ -373,7 +400,8 @@ def _send_outbox(service: Service) -> None:
         else f"{service.settings.outbound.host}"
     )
     out.print(
-        f"outbox: {report.sent} sent, {report.retried} to retry, {report.failed} failed ({where})"
+        f"fila de saída (outbox): {report.sent} enviado(s) (sent), {report.retried} para "
+        f"tentar de novo (to retry), {report.failed} com falha (failed) — {where}"
     )
 
 
@@ -381,27 +409,27 @@ def _send_outbox(service: Service) -> None:
 @friendly
 def outbox_retry(
     ids: Annotated[
-        list[int] | None, typer.Argument(help="Outbox ids (default: every failed).")
+        list[int] | None, typer.Argument(help="Números na fila (default: todos os que falharam).")
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Put failed emails back in the queue to be sent now."""
+    """Devolver à fila os e-mails que falharam, para enviar agora."""
     from portaria.outbox import retry
 
     service = service_for(config)
     with service.transaction() as session:
         count = retry(session, ids or None)
-    out.print(f"{count} email(s) queued again; send with `portaria outbox send`")
+    out.print(f"{count} e-mail(s) de volta à fila; envie com (send with) `portaria outbox send`")
 
 
 @app.command()
 @friendly
 def web(
     config: ConfigOption = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    host: Annotated[str, typer.Option(help="Endereço (address to listen on).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Porta (port).")] = 8000,
 ) -> None:
-    """Serve the web console (the set-password page the welcome email links to)."""
+    """Servir o console web (a página de definir senha do e-mail de boas-vindas)."""
     import uvicorn
 
     from portaria.web import create_app

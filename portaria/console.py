@@ -25,7 +25,9 @@ err = Console(stderr=True, highlight=False, width=_WIDTH)
 ConfigOption = Annotated[
     Path | None,
     typer.Option(
-        "--config", "-c", help="Configuration file (default: $PORTARIA_CONFIG or ./portaria.toml)."
+        "--config",
+        "-c",
+        help="Arquivo de configuração (default: $PORTARIA_CONFIG ou ./portaria.toml).",
     ),
 ]
 
@@ -44,10 +46,12 @@ def friendly(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except ConfigError as exc:
-            err.print(f"[bold red]configuration error:[/] {exc}", soft_wrap=True)
+            err.print(
+                f"[bold red]erro de configuração (configuration error):[/] {exc}", soft_wrap=True
+            )
             raise typer.Exit(2) from None
         except PortariaError as exc:
-            err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            err.print(f"[bold red]erro (error):[/] {exc}", soft_wrap=True)
             raise typer.Exit(1) from None
 
     return run  # type: ignore[return-value]

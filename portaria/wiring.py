@@ -37,7 +37,8 @@ def open_service(settings: Settings, *, migrate: bool = False) -> Service:
         migrate_schema(engine)
     elif not schema_is_current(engine):
         raise DatabaseNotReady(
-            f"the database at {engine.url.render_as_string()} is not set up or is out of date; "
-            "run `portaria init`"
+            f"o banco de dados em {engine.url.render_as_string()} não foi criado ou está "
+            "desatualizado (the database is not set up or is out of date); "
+            "rode (run) `portaria init`"
         )
     return Service(settings=settings, engine=engine, sessions=make_sessionmaker(engine))

@@ -19,7 +19,7 @@ from portaria.db import utcnow
 from provisioning import audit
 from provisioning.directory import create_user, find_user, issue_set_password_token
 from provisioning.errors import ProvisioningError, RequestNotPending
-from provisioning.models import AccessRequest
+from provisioning.models import STATUS_PT, AccessRequest
 from provisioning.queue import get_request
 
 log = logging.getLogger(__name__)
@@ -36,8 +36,8 @@ def approve(
     if taken:
         listed = ", ".join(f"#{r.id} ({r.email})" for r in taken)
         raise ProvisioningError(
-            f"already has an account: {listed}; reject with a reason instead "
-            '(`portaria requests reject ID --reason "..."`)'
+            f"já tem conta (already has an account): {listed}; recuse com um motivo "
+            '(reject with a reason): `portaria requests reject ID --reason "..."`'
         )
 
     now = utcnow()
@@ -94,9 +94,14 @@ def reject(
     """Reject pending requests with a reason the requester will read."""
     reason = reason.strip()
     if not reason:
-        raise ProvisioningError('a rejection needs a reason: --reason "why"')
+        raise ProvisioningError(
+            'a recusa precisa de um motivo (a rejection needs a reason): --reason "..."'
+        )
     if len(reason) > MAX_REASON_LENGTH:
-        raise ProvisioningError(f"the reason is longer than {MAX_REASON_LENGTH} characters")
+        raise ProvisioningError(
+            f"o motivo passa de {MAX_REASON_LENGTH} caracteres "
+            f"(the reason is longer than {MAX_REASON_LENGTH} characters)"
+        )
     requests = _decidable(session, request_ids)
 
     now = utcnow()
@@ -121,12 +126,18 @@ def reject(
 
 def _decidable(session: Session, request_ids: Sequence[int]) -> list[AccessRequest]:
     if not request_ids:
-        raise ProvisioningError("name at least one request id (or --all-pending)")
+        raise ProvisioningError(
+            "informe ao menos um número de pedido ou --all-pending "
+            "(name at least one request id, or --all-pending)"
+        )
     requests = [get_request(session, request_id) for request_id in dict.fromkeys(request_ids)]
     undecidable = [r for r in requests if r.status != "pending"]
     if undecidable:
-        listed = ", ".join(f"#{r.id} is {r.status}" for r in undecidable)
-        raise RequestNotPending(f"only pending requests can be decided: {listed}")
+        listed = ", ".join(f"#{r.id} está {STATUS_PT[r.status]} ({r.status})" for r in undecidable)
+        raise RequestNotPending(
+            f"só pedidos pendentes podem ser decididos (only pending requests can be "
+            f"decided): {listed}; nada foi alterado (nothing was changed)"
+        )
     return requests
 
 

@@ -45,9 +45,11 @@ def create_user(
 ) -> User:
     """Add an active user without a password; the caller issues a set-password link."""
     if role not in ROLES:
-        raise ProvisioningError(f"unknown role {role!r}; use one of: {', '.join(ROLES)}")
+        raise ProvisioningError(
+            f"perfil desconhecido (unknown role) {role!r}; use um de: {', '.join(ROLES)}"
+        )
     if find_user(session, email) is not None:
-        raise UserAlreadyExists(f"{normalise_email(email)} already has an account")
+        raise UserAlreadyExists(f"{normalise_email(email)} já tem conta (already has an account)")
     user = User(
         name=name.strip(),
         email=normalise_email(email),
@@ -91,14 +93,25 @@ def set_password_with_token(session: Session, token: str, password: str) -> User
     )
     now = utcnow()
     if row is None or row.used_at is not None:
-        raise InvalidToken("this link is not valid or was already used; ask support for a new one")
+        raise InvalidToken(
+            "Este link não é válido ou já foi usado; peça um novo ao suporte. "
+            "(This link is not valid or was already used; ask support for a new one.)"
+        )
     if row.expires_at <= now:
-        raise InvalidToken("this link has expired; ask support for a new one")
+        raise InvalidToken(
+            "Este link expirou; peça um novo ao suporte. "
+            "(This link has expired; ask support for a new one.)"
+        )
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise ProvisioningError(f"the password needs at least {MIN_PASSWORD_LENGTH} characters")
+        raise ProvisioningError(
+            f"A senha precisa de pelo menos {MIN_PASSWORD_LENGTH} caracteres. "
+            f"(The password needs at least {MIN_PASSWORD_LENGTH} characters.)"
+        )
     user = session.get(User, row.user_id)
     if user is None or not user.active:
-        raise InvalidToken("this account is not active; ask support")
+        raise InvalidToken(
+            "Esta conta não está ativa; fale com o suporte. (This account is not active.)"
+        )
     user.password_hash = _hasher.hash(password)
     row.used_at = now
     log.info("user %s set a password", user.id)

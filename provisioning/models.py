@@ -12,6 +12,12 @@ from portaria.db import Base, utcnow
 
 ROLES = ("comum", "agente", "admin")
 REQUEST_STATUSES = ("pending", "approved", "rejected", "incomplete")
+STATUS_PT = {
+    "pending": "pendente",
+    "approved": "aprovado",
+    "rejected": "recusado",
+    "incomplete": "incompleto",
+}
 
 
 class User(Base):

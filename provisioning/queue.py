@@ -108,14 +108,18 @@ def _flags_for(session: Session, email: str | None, access_type: str | None) -> 
 def get_request(session: Session, request_id: int) -> AccessRequest:
     request = session.get(AccessRequest, request_id)
     if request is None:
-        raise RequestNotFound(f"no access request #{request_id}; see `portaria requests list`")
+        raise RequestNotFound(
+            f"pedido #{request_id} não existe (no access request #{request_id}); "
+            "veja `portaria requests list`"
+        )
     return request
 
 
 def list_requests(session: Session, *, status: str | None = None) -> list[AccessRequest]:
     if status is not None and status not in REQUEST_STATUSES:
         raise RequestNotFound(
-            f"unknown status {status!r}; use one of: {', '.join(REQUEST_STATUSES)}"
+            f"situação desconhecida (unknown status) {status!r}; "
+            f"use uma de: {', '.join(REQUEST_STATUSES)}"
         )
     query = select(AccessRequest).order_by(AccessRequest.id)
     if status:

@@ -38,7 +38,7 @@ def test_init_writes_config_and_database(workdir: Path) -> None:
     assert (workdir / "var" / "portaria.db").exists()
     assert (workdir / "var" / "mail" / "inbox" / "new").is_dir()
     code, output = run("init")
-    assert code == 0 and "(kept)" in output
+    assert code == 0 and "(mantida, kept)" in output
 
 
 def test_bad_setting_names_the_key_and_the_fix(workdir: Path) -> None:
@@ -85,24 +85,24 @@ def test_full_flow_through_the_cli(workdir: Path) -> None:
 
     code, output = run("requests", "approve", "--all-pending", "--by", "suporte@portaria.test")
     assert code == 0, output
-    assert "approved #1: ana@cliente.test as comum" in output
+    assert "aprovado (approved) #1: ana@cliente.test como comum" in output
 
     code, output = run("requests", "approve", "1")
     assert code == 1
-    assert "#1 is approved" in output
+    assert "#1 está aprovado (approved)" in output
     assert "Traceback" not in output
 
     code, output = run("requests", "show", "1")
-    assert "request.approved by suporte@portaria.test" in output
+    assert "request.approved por (by) suporte@portaria.test" in output
 
     code, output = run("users", "list")
     assert "ana@cliente.test" in output and "comum" in output
 
     code, output = run("outbox", "send")
-    assert code == 0 and "2 sent" in output
+    assert code == 0 and "2 enviado(s) (sent)" in output
 
     code, output = run("requests", "show", "99")
-    assert code == 1 and "no access request #99" in output
+    assert code == 1 and "pedido #99 não existe" in output
 
 
 def test_parse_json_one_file(workdir: Path) -> None:

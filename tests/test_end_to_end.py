@@ -102,7 +102,7 @@ def test_emailed_request_becomes_an_account(config_file: Path, imap_account, smt
     assert f"portaria requests approve {request.id}" in notice.get_body(("plain",)).get_content()
 
     output = portaria(config_file, "requests", "approve", str(request.id))
-    assert f"approved #{request.id}" in output
+    assert f"aprovado (approved) #{request.id}" in output
     portaria(config_file, "outbox", "send")
 
     with service.sessions() as session:
