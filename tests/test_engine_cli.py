@@ -136,7 +136,8 @@ class TestCustomers:
             "zeca@cs.test",
             "linha 3, coluna renovacao: data inválida (bad date) '32/01/2027': use dd/mm/aaaa "
             "ou aaaa-mm-dd",
-            "error: ruim.csv: 2 problema(s) em 1 linha(s); nada foi importado (nothing imported)",
+            "erro (error): ruim.csv: 2 problema(s) em 1 linha(s); "
+            "nada foi importado (nothing imported)",
         ]
         assert run("customers", "list") == (0, "nenhum cliente (no customers)\n")
 
@@ -145,7 +146,7 @@ class TestCustomers:
 
         assert (code, output) == (
             1,
-            "error: Cliente não encontrado (customer not found): NOPE\n",
+            "erro (error): Cliente não encontrado (customer not found): NOPE\n",
         )
 
     def test_custom_fields(self, workdir: Path) -> None:
@@ -159,7 +160,7 @@ class TestCustomers:
         )
 
         code, output = run("customers", "fields", "add", "plano", "--label", "Plano")
-        assert (code, output) == (1, "error: campo já existe (field exists): plano\n")
+        assert (code, output) == (1, "erro (error): campo já existe (field exists): plano\n")
 
         code, output = run("customers", "fields", "list")
         assert code == 0 and "Plano contratado" in output and "Básico, Pro" in output
@@ -208,7 +209,7 @@ class TestPlaybooksAndTasks:
         code, output = run("playbooks", "load", "Boas-vindas", "--customer", "PSJ")
         assert (code, output) == (
             1,
-            "error: playbook já carregado e em aberto neste cliente (already loaded and open): "
+            "erro (error): playbook já carregado e em aberto neste cliente (already loaded and open): "
             "Boas-vindas em PSJ\n",
         )
 
@@ -225,7 +226,7 @@ class TestPlaybooksAndTasks:
         )
         assert run("tasks", "done", "1") == (
             1,
-            "error: tarefa 1 não está aberta (task is not open): está done\n",
+            "erro (error): tarefa 1 não está aberta (task is not open): está done\n",
         )
         run("tasks", "done", "2", "--by", "ana@cs.test")
         assert run("tasks", "cancel", "3", "--by", "ana@cs.test") == (
@@ -280,7 +281,7 @@ class TestPlaybooksAndTasks:
         code, output = run("playbooks", "load", "Onboarding", "--customer", "CBS")
         assert (code, output) == (
             1,
-            "error: playbook inativo não pode ser carregado (playbook is inactive): Onboarding\n",
+            "erro (error): playbook inativo não pode ser carregado (playbook is inactive): Onboarding\n",
         )
 
         assert run("playbooks", "remove", "Onboarding") == (
@@ -296,24 +297,24 @@ class TestPlaybooksAndTasks:
 
         assert run("playbooks", "import", "ruim.toml") == (
             1,
-            "error: ruim.toml: playbook 'X', tarefa 1: tipo de tarefa inválido (bad task kind) "
+            "erro (error): ruim.toml: playbook 'X', tarefa 1: tipo de tarefa inválido (bad task kind) "
             "'visita': use ligação, email ou outro\n",
         )
         run("playbooks", "create", "X")
         assert run("playbooks", "edit", "X") == (
             1,
-            "error: nada a alterar (nothing to change): use --rename, --activate, --inactivate, "
+            "erro (error): nada a alterar (nothing to change): use --rename, --activate, --inactivate, "
             "--add-task, --remove-task ou --move-task\n",
         )
         assert run("playbooks", "edit", "X", "--kind", "call") == (
             1,
-            "error: --kind e --days só valem com --add-task (need --add-task)\n",
+            "erro (error): --kind e --days só valem com --add-task (need --add-task)\n",
         )
         assert run("playbooks", "load", "X", "--customer", "PSJ", "--today", "amanhã") == (
             1,
-            "error: --today: data inválida (bad date) 'amanhã': use dd/mm/aaaa ou aaaa-mm-dd\n",
+            "erro (error): --today: data inválida (bad date) 'amanhã': use dd/mm/aaaa ou aaaa-mm-dd\n",
         )
         assert run("tasks", "done", "99") == (
             1,
-            "error: Tarefa não encontrada (task not found): 99\n",
+            "erro (error): Tarefa não encontrada (task not found): 99\n",
         )

@@ -68,7 +68,7 @@ def customers_import(
         hidden = len(exc.problems) - SHOWN_PROBLEMS
         if hidden > 0:
             err.print(f"... e mais {hidden} problema(s) (and {hidden} more)", soft_wrap=True)
-        err.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        err.print(f"[bold red]erro (error):[/] {exc}", soft_wrap=True)
         raise typer.Exit(1) from None
     out.print(
         f"{report.rows} linha(s) lida(s) (rows read): {report.created} cliente(s) criado(s) "
