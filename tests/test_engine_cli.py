@@ -52,6 +52,8 @@ tipo = "e-mail"
 dias = 3
 """
 
+ERR = "erro (error): "
+
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -136,8 +138,7 @@ class TestCustomers:
             "zeca@cs.test",
             "linha 3, coluna renovacao: data inválida (bad date) '32/01/2027': use dd/mm/aaaa "
             "ou aaaa-mm-dd",
-            "erro (error): ruim.csv: 2 problema(s) em 1 linha(s); "
-            "nada foi importado (nothing imported)",
+            ERR + "ruim.csv: 2 problema(s) em 1 linha(s); nada foi importado (nothing imported)",
         ]
         assert run("customers", "list") == (0, "nenhum cliente (no customers)\n")
 
@@ -146,7 +147,7 @@ class TestCustomers:
 
         assert (code, output) == (
             1,
-            "erro (error): Cliente não encontrado (customer not found): NOPE\n",
+            ERR + "Cliente não encontrado (customer not found): NOPE\n",
         )
 
     def test_custom_fields(self, workdir: Path) -> None:
@@ -160,7 +161,7 @@ class TestCustomers:
         )
 
         code, output = run("customers", "fields", "add", "plano", "--label", "Plano")
-        assert (code, output) == (1, "erro (error): campo já existe (field exists): plano\n")
+        assert (code, output) == (1, ERR + "campo já existe (field exists): plano\n")
 
         code, output = run("customers", "fields", "list")
         assert code == 0 and "Plano contratado" in output and "Básico, Pro" in output
@@ -209,7 +210,7 @@ class TestPlaybooksAndTasks:
         code, output = run("playbooks", "load", "Boas-vindas", "--customer", "PSJ")
         assert (code, output) == (
             1,
-            "erro (error): playbook já carregado e em aberto neste cliente (already loaded and open): "
+            ERR + "playbook já carregado e em aberto neste cliente (already loaded and open): "
             "Boas-vindas em PSJ\n",
         )
 
@@ -226,7 +227,7 @@ class TestPlaybooksAndTasks:
         )
         assert run("tasks", "done", "1") == (
             1,
-            "erro (error): tarefa 1 não está aberta (task is not open): está done\n",
+            ERR + "tarefa 1 não está aberta (task is not open): está done\n",
         )
         run("tasks", "done", "2", "--by", "ana@cs.test")
         assert run("tasks", "cancel", "3", "--by", "ana@cs.test") == (
@@ -281,7 +282,7 @@ class TestPlaybooksAndTasks:
         code, output = run("playbooks", "load", "Onboarding", "--customer", "CBS")
         assert (code, output) == (
             1,
-            "erro (error): playbook inativo não pode ser carregado (playbook is inactive): Onboarding\n",
+            ERR + "playbook inativo não pode ser carregado (playbook is inactive): Onboarding\n",
         )
 
         assert run("playbooks", "remove", "Onboarding") == (
@@ -297,24 +298,24 @@ class TestPlaybooksAndTasks:
 
         assert run("playbooks", "import", "ruim.toml") == (
             1,
-            "erro (error): ruim.toml: playbook 'X', tarefa 1: tipo de tarefa inválido (bad task kind) "
+            ERR + "ruim.toml: playbook 'X', tarefa 1: tipo de tarefa inválido (bad task kind) "
             "'visita': use ligação, email ou outro\n",
         )
         run("playbooks", "create", "X")
         assert run("playbooks", "edit", "X") == (
             1,
-            "erro (error): nada a alterar (nothing to change): use --rename, --activate, --inactivate, "
+            ERR + "nada a alterar (nothing to change): use --rename, --activate, --inactivate, "
             "--add-task, --remove-task ou --move-task\n",
         )
         assert run("playbooks", "edit", "X", "--kind", "call") == (
             1,
-            "erro (error): --kind e --days só valem com --add-task (need --add-task)\n",
+            ERR + "--kind e --days só valem com --add-task (need --add-task)\n",
         )
         assert run("playbooks", "load", "X", "--customer", "PSJ", "--today", "amanhã") == (
             1,
-            "erro (error): --today: data inválida (bad date) 'amanhã': use dd/mm/aaaa ou aaaa-mm-dd\n",
+            ERR + "--today: data inválida (bad date) 'amanhã': use dd/mm/aaaa ou aaaa-mm-dd\n",
         )
         assert run("tasks", "done", "99") == (
             1,
-            "erro (error): Tarefa não encontrada (task not found): 99\n",
+            ERR + "Tarefa não encontrada (task not found): 99\n",
         )
