@@ -354,6 +354,54 @@ def users_list(
     out.print(table)
 
 
+@users_app.command("add")
+@friendly
+def users_add(
+    name: Annotated[str, typer.Argument(help="Nome completo (full name).")],
+    email: Annotated[str, typer.Argument(help="E-mail da pessoa (the person's address).")],
+    role: Annotated[str, typer.Option(help="comum, agente ou admin.")],
+    area: Annotated[str, typer.Option(help="Área, unidade ou segmento (area).")] = "",
+    by: Annotated[str | None, typer.Option(help="Quem cria (who; default cli:<login>).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Criar um usuário direto, sem pedido por e-mail; ele recebe o link para definir a senha."""
+    from provisioning.approvals import add_user
+
+    service = service_for(config)
+    with service.transaction() as session:
+        user = add_user(
+            session,
+            service.settings,
+            name=name,
+            email=email,
+            area=area,
+            role=role.strip().lower(),
+            actor=actor(by),
+        )
+        line = f"usuário criado (user created) #{user.id}: {user.email} como {user.role}"
+    out.print(line)
+    out.print("e-mail de boas-vindas na fila; envie com (send with) `portaria outbox send`")
+
+
+@users_app.command("deactivate")
+@friendly
+def users_deactivate(
+    email: Annotated[str, typer.Argument(help="E-mail do usuário (the user's address).")],
+    by: Annotated[
+        str | None, typer.Option(help="Quem desativa (who; default cli:<login>).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Desativar um usuário; o histórico fica."""
+    from provisioning.approvals import deactivate_user
+
+    service = service_for(config)
+    with service.transaction() as session:
+        user = deactivate_user(session, email, actor=actor(by))
+        line = f"usuário desativado (deactivated): {user.email}"
+    out.print(line)
+
+
 @outbox_app.command("list")
 @friendly
 def outbox_list(

@@ -16,10 +16,11 @@ from sqlalchemy.orm import Session
 from config.settings import Settings
 from portaria import outbox
 from portaria.db import utcnow
+from portaria.outbox import check_recipient
 from provisioning import audit
 from provisioning.directory import create_user, find_user, issue_set_password_token
 from provisioning.errors import ProvisioningError, RequestNotPending
-from provisioning.models import STATUS_PT, AccessRequest
+from provisioning.models import STATUS_PT, AccessRequest, User
 from provisioning.queue import get_request
 
 log = logging.getLogger(__name__)
@@ -63,24 +64,75 @@ def approve(
             user_id=user.id,
             role=user.role,
         )
-        token = issue_set_password_token(session, user, ttl_hours=settings.service.token_ttl_hours)
-        outbox.enqueue(
-            session,
-            settings,
-            kind="welcome",
-            to=[user.email],
-            context={
-                "user": _person(request),
-                "set_password_url": f"{settings.service.base_url}/set-password/{token.token}",
-                "expires_at": token.expires_at,
-                "console_url": settings.service.base_url,
-            },
-            cause=f"request:{request.id}",
-        )
+        welcome(session, settings, user, cause=f"request:{request.id}")
         log.info("request %s approved by %s; user %s created", request.id, actor, user.id)
 
     _tell_requesters(session, settings, requests, kind="approved")
     return requests
+
+
+def welcome(session: Session, settings: Settings, user: User, *, cause: str) -> None:
+    """Issue a set-password link and queue the welcome email that carries it."""
+    token = issue_set_password_token(session, user, ttl_hours=settings.service.token_ttl_hours)
+    outbox.enqueue(
+        session,
+        settings,
+        kind="welcome",
+        to=[user.email],
+        context={
+            "user": {
+                "name": user.name,
+                "email": user.email,
+                "area": user.area,
+                "access_type": user.role,
+            },
+            "set_password_url": f"{settings.service.base_url}/set-password/{token.token}",
+            "expires_at": token.expires_at,
+            "console_url": settings.service.base_url,
+        },
+        cause=cause,
+    )
+
+
+def add_user(
+    session: Session,
+    settings: Settings,
+    *,
+    name: str,
+    email: str,
+    area: str,
+    role: str,
+    actor: str,
+) -> User:
+    """An admin adds a user directly: created, audited, welcomed with a set-password link."""
+    checked = check_recipient(email)
+    if not name.strip():
+        raise ProvisioningError("informe o nome (name is required)")
+    user = create_user(
+        session, name=name, email=checked, area=area, role=role, created_via="admin"
+    )
+    audit.record(
+        session,
+        actor=actor,
+        action="user.created",
+        subject_type="user",
+        subject_id=user.id,
+        role=role,
+    )
+    welcome(session, settings, user, cause=f"user:{user.id}")
+    return user
+
+
+def deactivate_user(session: Session, email: str, *, actor: str) -> User:
+    """Switch an account off; its history stays. Pending set-password links stop working."""
+    user = find_user(session, email)
+    if user is None:
+        raise ProvisioningError(f"usuário não encontrado (no such user): {email}")
+    user.active = False
+    audit.record(
+        session, actor=actor, action="user.deactivated", subject_type="user", subject_id=user.id
+    )
+    return user
 
 
 def reject(

@@ -133,3 +133,36 @@ def test_parse_several_files_goes_on_past_a_bad_one(workdir: Path) -> None:
     first, second = (json.loads(line) for line in output.splitlines())
     assert first["file"] == str(missing) and first["outcome"] == "unreadable"
     assert second["file"] == str(good) and second["outcome"] == "request"
+
+
+def test_admin_adds_and_deactivates_a_user(workdir: Path) -> None:
+    run("init")
+
+    code, output = run(
+        "users",
+        "add",
+        "Júlia Prado",
+        "Julia@Cliente.test",
+        "--role",
+        "agente",
+        "--area",
+        "Unidade Recife",
+        "--by",
+        "chefe@portaria.test",
+    )
+
+    assert code == 0, output
+    assert "julia@cliente.test como agente" in output
+    code, output = run("users", "add", "Outra", "julia@cliente.test", "--role", "comum")
+    assert code == 1 and "já tem conta" in output
+    code, output = run("users", "add", "Sem Papel", "x@cliente.test", "--role", "chefe")
+    assert code == 1 and "perfil desconhecido" in output
+    code, output = run("users", "add", "Quebra", "a@b.test\r\nBcc: c@d.test", "--role", "comum")
+    assert code == 1 and "line break" in output
+    code, output = run("outbox", "list")
+    assert "welcome" in output and "julia@cliente.test" in output
+
+    code, output = run("users", "deactivate", "julia@cliente.test")
+    assert code == 0
+    code, output = run("users", "list")
+    assert "Júlia Prado" in output and "no " in output
