@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import mailbox
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -166,3 +169,37 @@ def test_admin_adds_and_deactivates_a_user(workdir: Path) -> None:
     assert code == 0
     code, output = run("users", "list")
     assert "Júlia Prado" in output and "no " in output
+
+
+def test_each_command_works_in_a_fresh_process(workdir: Path) -> None:
+    """Each command runs in its own interpreter; none may rely on another's imports."""
+    command = shutil.which("portaria", path=str(Path(sys.executable).parent))
+    assert command
+
+    def portaria(*args: str) -> str:
+        done = subprocess.run([command, *args], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    portaria("init")
+    inbox = mailbox.Maildir(workdir / "var" / "mail" / "inbox")
+    inbox.add(request_message(person_block("Ana Lima", "ana@cliente.test", "RH", "Comum")))
+    inbox.add(request_message(person_block("Rui Paiva", "rui@cliente.test", "RH", "Comum")))
+    portaria("poll", "--once")
+
+    assert "ana@cliente.test" in portaria("requests", "approve", "1")
+    assert "rui@cliente.test" in portaria("requests", "reject", "2", "--reason", "Duplicado")
+    assert "ana@cliente.test" in portaria("users", "list")
+
+
+def test_database_problems_name_the_setting(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PORTARIA_DATABASE__URL", "mysql://portaria@db.invalid/portaria")
+
+    code, output = run("init")
+
+    assert code == 1
+    assert "database.url" in output and "PORTARIA_DATABASE__URL" in output
+    assert "Traceback" not in output
+    assert not (workdir / "var").exists()
