@@ -81,9 +81,47 @@ class DatabaseSettings(_Section):
     )
 
 
+AuthMethod = Literal["password", "oauth2"]
+
+
 class OAuth2Settings(_Section):
-    token_command: str | None = Field(None, description="Command that prints an access token.")
-    token_file: Path | None = Field(None, description="File that holds an access token.")
+    """Where a fresh OAuth2 access token comes from; read again at every login.
+
+    Tokens from Microsoft 365 and Gmail expire after about an hour, so
+    Portaria never keeps one: the file is read, or the command run, each
+    time it logs in.
+    """
+
+    token_command: str | None = Field(
+        None,
+        description="Command that prints a current access token on its standard output "
+        "(split like a shell would, but run without one).",
+    )
+    token_file: Path | None = Field(
+        None, description="File that holds a current access token, kept fresh by another tool."
+    )
+    command_timeout: float = Field(
+        30.0, gt=0, le=600, description="Seconds token_command may take before it is stopped."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> OAuth2Settings:
+        if self.token_command is not None and self.token_file is not None:
+            raise ValueError("set token_command or token_file, not both")
+        if self.token_command is not None and not self.token_command.strip():
+            raise ValueError("token_command is empty")
+        return self
+
+
+def _oauth2_ready(auth: str, oauth2: OAuth2Settings | None) -> None:
+    """With auth = 'oauth2', one token source must be configured."""
+    if auth != "oauth2":
+        return
+    if oauth2 is None or (oauth2.token_command is None and oauth2.token_file is None):
+        raise ValueError(
+            "auth = 'oauth2' needs oauth2.token_command or oauth2.token_file "
+            "(e.g. oauth2 = { token_file = '/run/portaria/token' })"
+        )
 
 
 class MailboxSettings(_Section):
@@ -95,8 +133,12 @@ class MailboxSettings(_Section):
     port: int | None = Field(None, ge=1, le=65535, description="Default: 993 for ssl, else 143.")
     security: Security = "ssl"
     username: str | None = None
+    auth: AuthMethod = Field(
+        "password", description="How to log in: 'password', or 'oauth2' (SASL XOAUTH2)."
+    )
     password: SecretStr | None = None
     password_file: Path | None = None
+    oauth2: OAuth2Settings | None = Field(None, description="Token source when auth = 'oauth2'.")
     ca_file: Path | None = Field(None, description="CA bundle to verify the server with.")
     folder: str = "INBOX"
     processed_folder: str = Field("Processed", description="Where handled messages go.")
@@ -117,6 +159,7 @@ class MailboxSettings(_Section):
                 )
             if not self.username:
                 raise ValueError("username is required when kind = 'imap'")
+            _oauth2_ready(self.auth, self.oauth2)
         self.password = _read_secret(self.password, self.password_file, "password")
         return self
 
@@ -138,8 +181,12 @@ class OutboundSettings(_Section):
     )
     security: Security = "starttls"
     username: str | None = None
+    auth: AuthMethod = Field(
+        "password", description="How to log in when username is set: 'password' or 'oauth2'."
+    )
     password: SecretStr | None = None
     password_file: Path | None = None
+    oauth2: OAuth2Settings | None = Field(None, description="Token source when auth = 'oauth2'.")
     ca_file: Path | None = None
     timeout: float = Field(30.0, gt=0)
     from_address: str = Field(
@@ -160,6 +207,10 @@ class OutboundSettings(_Section):
             raise ValueError(
                 "host is required when kind = 'smtp' (e.g. host = 'smtp.example.com')"
             )
+        if self.kind == "smtp" and self.auth == "oauth2":
+            if not self.username:
+                raise ValueError("username is required when auth = 'oauth2'")
+            _oauth2_ready(self.auth, self.oauth2)
         self.password = _read_secret(self.password, self.password_file, "password")
         return self
 
@@ -180,11 +231,28 @@ class ServiceSettings(_Section):
         "http://127.0.0.1:8000", description="Public address of the web console, for links."
     )
     token_ttl_hours: int = Field(72, ge=1, le=24 * 30, description="Set-password link lifetime.")
+    admin_address: str | None = Field(
+        None,
+        description="Who is emailed when the mailbox stops working and when it recovers; "
+        "default: support_address.",
+    )
+    alert_after_minutes: int = Field(
+        30,
+        ge=1,
+        le=7 * 24 * 60,
+        description="How long polling must keep failing before the admin is emailed; "
+        "also when `portaria status` calls a silent or failing mailbox a problem.",
+    )
 
-    @field_validator("support_address")
+    @field_validator("support_address", "admin_address")
     @classmethod
     def _support_address(cls, value: str | None) -> str | None:
         return None if value is None else _address(value)
+
+    @property
+    def alert_address(self) -> str | None:
+        """Where mailbox health alerts go: admin_address, else support_address."""
+        return self.admin_address or self.support_address
 
     @field_validator("base_url")
     @classmethod
@@ -224,6 +292,116 @@ class EngineSettings(_Section):
         return value
 
 
+MIB = 1024 * 1024
+
+AuthenticationMethod = Literal["dmarc", "dkim", "spf"]
+
+_DOMAIN = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*$")
+_MIME_TYPE = re.compile(r"^[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*$")
+
+
+def _address_or_domain(value: str) -> str:
+    """One requester entry: an address (exact match) or a domain (it and its subdomains)."""
+    value = value.strip().lower()
+    if "@" in value.lstrip("@"):
+        return _address(value)
+    domain = value.lstrip("@")
+    if not _DOMAIN.match(domain):
+        raise ValueError(
+            f"{value!r} is neither an address (ana@empresa.com.br) nor a domain (empresa.com.br)"
+        )
+    return domain
+
+
+class IntakeSettings(_Section):
+    """Limits and sender policy for incoming requests, and loop protection.
+
+    Over a limit, a message is recorded with the limit and the value and
+    moved to the attention folder; it is never dropped.
+    """
+
+    max_message_bytes: int = Field(
+        25 * MIB,
+        ge=1024,
+        description="Largest message read; a larger one is recorded as unreadable, not parsed.",
+    )
+    max_people_per_message: int = Field(
+        50, ge=1, description="Most people one message may ask for; more holds the message."
+    )
+    max_attachment_bytes: int = Field(
+        5 * MIB,
+        ge=1,
+        description="Largest attachment of an allowed type that is read; a larger one holds "
+        "the message.",
+    )
+    attachment_types: list[str] = Field(
+        default_factory=lambda: ["text/csv", "text/plain", "message/rfc822"],
+        description="Attachment types the extraction reads (CSV also by its .csv name; "
+        "message/rfc822 is a message forwarded as an attachment). Others are not read.",
+    )
+    auto_replies_per_hour: int = Field(
+        5,
+        ge=0,
+        description="Most automatic answers one address gets per hour; the request is still "
+        "queued. 0 never answers requesters.",
+    )
+    allowed_requesters: list[str] = Field(
+        default_factory=list,
+        description="Addresses and domains (with their subdomains) allowed to ask for "
+        "access; empty allows everyone. Others are held for a person.",
+    )
+    require_authentication: list[AuthenticationMethod] = Field(
+        default_factory=list,
+        description="Hold a request unless our receiving server's Authentication-Results "
+        "says one of these passed, aligned with the From domain: dmarc, dkim, spf.",
+    )
+    authserv_id: str | None = Field(
+        None,
+        description="The authserv-id our receiving server writes in Authentication-Results "
+        "(e.g. mx.empresa.com.br); only its topmost header is believed.",
+    )
+    trusted_requesters: list[str] = Field(
+        default_factory=list,
+        description="Addresses and domains whose Comum requests are approved automatically "
+        "(audited as auto:trusted-requester); empty turns it off. Needs "
+        "require_authentication.",
+    )
+
+    @field_validator("allowed_requesters", "trusted_requesters")
+    @classmethod
+    def _requesters(cls, values: list[str]) -> list[str]:
+        return [_address_or_domain(value) for value in values]
+
+    @field_validator("attachment_types")
+    @classmethod
+    def _mime_types(cls, values: list[str]) -> list[str]:
+        types = [value.strip().lower() for value in values]
+        for value in types:
+            if not _MIME_TYPE.match(value):
+                raise ValueError(f"{value!r} is not a MIME type such as 'text/csv'")
+        return types
+
+    @field_validator("authserv_id")
+    @classmethod
+    def _authserv_id(cls, value: str | None) -> str | None:
+        return None if value is None else value.strip().lower() or None
+
+    @model_validator(mode="after")
+    def _authentication_is_anchored(self) -> IntakeSettings:
+        if self.require_authentication and not self.authserv_id:
+            raise ValueError(
+                "authserv_id is required with require_authentication: the name our receiving "
+                "server writes first in Authentication-Results (e.g. 'mx.empresa.com.br')"
+            )
+        # A From address alone is easy to forge: approving on it needs proof.
+        if self.trusted_requesters and not self.require_authentication:
+            raise ValueError(
+                "trusted_requesters needs require_authentication (e.g. ['dmarc']) and "
+                "authserv_id, or anyone could forge a trusted From address"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PORTARIA_", env_nested_delimiter="__", extra="forbid"
@@ -234,6 +412,7 @@ class Settings(BaseSettings):
     outbound: OutboundSettings = OutboundSettings()
     service: ServiceSettings = ServiceSettings()
     engine: EngineSettings = EngineSettings()
+    intake: IntakeSettings = IntakeSettings()
 
     # Set by load_settings; where relative paths are anchored.
     config_dir: Path = Field(Path("."), exclude=True)
@@ -283,6 +462,8 @@ def load_settings(
 ) -> Settings:
     """Read and validate the settings; raise ConfigError naming the key and the fix."""
     file = config_path(path)
+    # A path someone named (flag or $PORTARIA_CONFIG) must exist; only ./portaria.toml is optional.
+    named = path is not None or bool(os.environ.get(CONFIG_ENV))
     if file.exists():
         try:
             with file.open("rb") as handle:
@@ -290,9 +471,10 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
         source: Path | None = file
-    elif required or path is not None:
+    elif required or named:
         raise ConfigError(
-            f"{file}: configuration file not found; run `portaria init` to write one"
+            f"{file}: arquivo de configuração não encontrado (configuration file not found); "
+            "rode (run) `portaria init` para criá-lo, ou corrija --config / $PORTARIA_CONFIG"
         )
     else:
         source = None
@@ -312,13 +494,25 @@ def describe_validation_error(exc: ValidationError, file: Path | None) -> str:
     where = f"in {file} or " if file else "in portaria.toml or "
     lines = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"])
-        env = "PORTARIA_" + "__".join(str(p).upper() for p in error["loc"])
+        location = [str(part) for part in error["loc"]]
         message = error["msg"].removeprefix("Value error, ")
         given = error.get("input")
+        # A check across a section's keys is reported on the section; its message
+        # starts with the key at fault, so point there instead.
+        field = re.match(r"(\w+)[: ]", message)
+        if isinstance(given, dict) and field and field.group(1) in given.keys() | _KEYS:
+            location.append(field.group(1))
+        key = ".".join(location)
+        env = "PORTARIA_" + "__".join(part.upper() for part in location)
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{key}: chave desconhecida (unknown key); remove it {where}{env}")
+            continue
         shown = "" if isinstance(given, dict) or "password" in key else f" (got {given!r})"
         lines.append(f"{key}: {message}{shown}; set it {where}{env}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return "configuração inválida (invalid configuration):\n  " + "\n  ".join(lines)
+
+
+_KEYS = {"host", "username", "password", "password_file", "token_command", "token_file"}
 
 
 def settings_as_dict(settings: Settings) -> dict[str, Any]:
