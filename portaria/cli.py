@@ -184,7 +184,7 @@ def parse(
                 out.print(f"[bold]{escape(str(file))}[/]")
             text = format_report(report) if "message" in report else _unreadable(report)
             out.print(text, markup=False)
-    if failed and not several:
+    if failed:
         raise typer.Exit(1)
 
 

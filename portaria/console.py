@@ -53,6 +53,14 @@ def friendly(command: F) -> F:
         except PortariaError as exc:
             err.print(f"[bold red]erro (error):[/] {exc}", soft_wrap=True)
             raise typer.Exit(1) from None
+        except OverflowError:
+            # Only an id past the database's 64-bit integers gets here.
+            err.print(
+                "[bold red]erro (error):[/] número grande demais (number out of range); "
+                "confira o número informado",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
 
     return run  # type: ignore[return-value]
 

@@ -86,8 +86,8 @@ def issue_set_password_token(session: Session, user: User, *, ttl_hours: int) ->
     return IssuedToken(token=token, expires_at=expires_at)
 
 
-def set_password_with_token(session: Session, token: str, password: str) -> User:
-    """Spend a set-password link: check it, hash the password with argon2, retire the link."""
+def check_token(session: Session, token: str) -> SetPasswordToken:
+    """The link's row if it can still be used; InvalidToken saying why otherwise."""
     row = session.scalar(
         select(SetPasswordToken).where(SetPasswordToken.token_hash == _token_hash(token))
     )
@@ -102,6 +102,12 @@ def set_password_with_token(session: Session, token: str, password: str) -> User
             "Este link expirou; peça um novo ao suporte. "
             "(This link has expired; ask support for a new one.)"
         )
+    return row
+
+
+def set_password_with_token(session: Session, token: str, password: str) -> User:
+    """Spend a set-password link: check it, hash the password with argon2, retire the link."""
+    row = check_token(session, token)
     if len(password) < MIN_PASSWORD_LENGTH:
         raise ProvisioningError(
             f"A senha precisa de pelo menos {MIN_PASSWORD_LENGTH} caracteres. "
@@ -113,7 +119,7 @@ def set_password_with_token(session: Session, token: str, password: str) -> User
             "Esta conta não está ativa; fale com o suporte. (This account is not active.)"
         )
     user.password_hash = _hasher.hash(password)
-    row.used_at = now
+    row.used_at = utcnow()
     log.info("user %s set a password", user.id)
     return user
 

@@ -41,7 +41,9 @@ def test_link_sets_an_argon2_password_once(service: Service) -> None:
         f"/set-password/{token}",
         data={"password": "another password", "confirmation": "another password"},
     )
-    assert again.status_code == 400 and "already used" in again.text
+    assert again.status_code == 410 and "já foi usado" in again.text
+    dead = client.get(f"/set-password/{token}")
+    assert dead.status_code == 410 and "<form" not in dead.text
 
 
 def test_mismatch_and_short_passwords_are_refused(service: Service) -> None:
@@ -66,5 +68,17 @@ def test_unknown_token_is_refused_and_escaped(service: Service) -> None:
         "/set-password/<script>x", data={"password": "a" * 12, "confirmation": "a" * 12}
     )
 
-    assert page.status_code == 400
+    assert page.status_code == 410
     assert "<script>x" not in page.text
+
+
+def test_missing_fields_get_a_page_not_a_json_error(service: Service) -> None:
+    token = new_user_link(service)
+    client = TestClient(create_app(service))
+
+    page = client.post(f"/set-password/{token}", data={"password": "a" * 12})
+
+    assert page.status_code == 400
+    assert page.headers["content-type"].startswith("text/html")
+    assert "não conferem" in page.text
+    assert client.get("/").status_code == 200
