@@ -154,7 +154,7 @@ def reject(
             f"o motivo passa de {MAX_REASON_LENGTH} caracteres "
             f"(the reason is longer than {MAX_REASON_LENGTH} characters)"
         )
-    requests = _decidable(session, request_ids)
+    requests = _decidable(session, request_ids, statuses=("pending", "incomplete"))
 
     now = utcnow()
     for request in requests:
@@ -176,19 +176,22 @@ def reject(
     return requests
 
 
-def _decidable(session: Session, request_ids: Sequence[int]) -> list[AccessRequest]:
+def _decidable(
+    session: Session, request_ids: Sequence[int], *, statuses: Sequence[str] = ("pending",)
+) -> list[AccessRequest]:
     if not request_ids:
         raise ProvisioningError(
             "informe ao menos um número de pedido ou --all-pending "
             "(name at least one request id, or --all-pending)"
         )
     requests = [get_request(session, request_id) for request_id in dict.fromkeys(request_ids)]
-    undecidable = [r for r in requests if r.status != "pending"]
+    undecidable = [r for r in requests if r.status not in statuses]
     if undecidable:
         listed = ", ".join(f"#{r.id} está {STATUS_PT[r.status]} ({r.status})" for r in undecidable)
         raise RequestNotPending(
-            f"só pedidos pendentes podem ser decididos (only pending requests can be "
-            f"decided): {listed}; nada foi alterado (nothing was changed)"
+            f"só pedidos {' ou '.join(STATUS_PT[s] for s in statuses)} podem ser decididos "
+            f"aqui (only {' or '.join(statuses)} requests): {listed}; "
+            "nada foi alterado (nothing was changed)"
         )
     return requests
 

@@ -11,12 +11,13 @@ from sqlalchemy.orm import Mapped, mapped_column, relationship
 from portaria.db import Base, utcnow
 
 ROLES = ("comum", "agente", "admin")
-REQUEST_STATUSES = ("pending", "approved", "rejected", "incomplete")
+REQUEST_STATUSES = ("pending", "approved", "rejected", "incomplete", "superseded")
 STATUS_PT = {
     "pending": "pendente",
     "approved": "aprovado",
     "rejected": "recusado",
     "incomplete": "incompleto",
+    "superseded": "substituído",
 }
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from provisioning import audit
 from provisioning.directory import find_user, normalise_email
 from provisioning.errors import RequestNotFound
 from provisioning.models import REQUEST_STATUSES, AccessRequest
@@ -80,6 +81,8 @@ def queue_requests(
         session.add(request)
         session.flush()
         created.append(request)
+        if status == "pending":
+            _supersede_incomplete(session, request)
         log.info(
             "request %s queued as %s for %s (flags: %s)",
             request.id,
@@ -88,6 +91,40 @@ def queue_requests(
             ",".join(request.flags) or "none",
         )
     return created
+
+
+def _supersede_incomplete(session: Session, request: AccessRequest) -> None:
+    """Close the requester's earlier incomplete requests for the same person.
+
+    A requester answers "faltam informações" by sending the person again, complete;
+    the earlier, incomplete request is then done with, not left open for ever.
+    """
+    earlier = session.scalars(
+        select(AccessRequest).where(
+            AccessRequest.status == "incomplete",
+            AccessRequest.requester_email == request.requester_email,
+            AccessRequest.id != request.id,
+        )
+    )
+    for old in earlier:
+        same_email = old.email is not None and old.email == request.email
+        same_name = (
+            old.email is None
+            and old.name is not None
+            and request.name is not None
+            and old.name.casefold() == request.name.casefold()
+        )
+        if same_email or same_name:
+            old.status = "superseded"
+            audit.record(
+                session,
+                actor="portaria",
+                action="request.superseded",
+                subject_type="access_request",
+                subject_id=old.id,
+                by_request=request.id,
+            )
+            log.info("request %s superseded by request %s", old.id, request.id)
 
 
 def _flags_for(session: Session, email: str | None, access_type: str | None) -> list[str]:

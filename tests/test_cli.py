@@ -132,7 +132,7 @@ def test_parse_several_files_goes_on_past_a_bad_one(workdir: Path) -> None:
 
     code, output = run("parse", "--json", str(missing), str(good))
 
-    assert code == 0
+    assert code == 1  # every file is reported, and the exit says one could not be read
     first, second = (json.loads(line) for line in output.splitlines())
     assert first["file"] == str(missing) and first["outcome"] == "unreadable"
     assert second["file"] == str(good) and second["outcome"] == "request"

@@ -281,3 +281,41 @@ def test_unreadable_bytes_are_kept_with_a_reason(service: Service, settings: Set
     with service.sessions() as session:
         row = session.scalar(select(InboundMessage).where(InboundMessage.outcome == "unreadable"))
     assert row.reason
+
+
+def test_completing_an_incomplete_request_supersedes_it(
+    service: Service, settings: Settings
+) -> None:
+    deliver(settings, request_message("Nome: Fábio Queiroga\nE-mail: fabio@cliente.test\n"))
+    poll_once(service.sessions, settings)
+    deliver(
+        settings,
+        request_message(
+            "Segue completo:\n\n"
+            + person_block("Fábio Queiroga", "fabio@cliente.test", "Unidade Natal", "Comum"),
+            subject="RE: #ACESSO — faltam informações",
+        ),
+    )
+
+    poll_once(service.sessions, settings)
+
+    assert [(r.status, r.area) for r in requests_of(service)] == [
+        ("superseded", None),
+        ("pending", "Unidade Natal"),
+    ]
+    with service.sessions() as session:
+        [event] = session.scalars(select(AuditEvent)).all()
+    assert (event.action, event.actor) == ("request.superseded", "portaria")
+
+
+def test_an_incomplete_request_can_be_rejected(service: Service, settings: Settings) -> None:
+    deliver(settings, request_message("Nome: Fábio Queiroga\n"))
+    poll_once(service.sessions, settings)
+    [request] = requests_of(service)
+
+    with service.transaction() as session, pytest.raises(RequestNotPending, match="incompleto"):
+        approve(session, settings, [request.id], actor="admin")
+    with service.transaction() as session:
+        reject(session, settings, [request.id], actor="admin", reason="Pedido sem dados")
+
+    assert requests_of(service)[0].status == "rejected"
