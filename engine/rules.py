@@ -684,7 +684,9 @@ def next_due(rule: Rule, after: datetime) -> datetime:
 
     zone = ZoneInfo(rule.timezone)
     local_start = start.astimezone(zone)
-    clock = rule.time_of_day or local_start.time().replace(tzinfo=None)
+    # fold=0 picks the rule the docstring states for skipped and repeated clock
+    # times; a time carrying fold=1 would land a skipped hour on the day before.
+    clock = (rule.time_of_day or local_start.time()).replace(tzinfo=None, fold=0)
     anchor = local_start.date()
 
     def slot(index: int) -> datetime:

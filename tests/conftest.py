@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from config.settings import Settings
 from portaria.wiring import Service, open_service
+
+# CI runs the same examples every time, so a red run can be reproduced; a
+# developer's run explores new ones.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") == "true":
+    hypothesis_settings.load_profile("ci")
 
 pytest_plugins = ["tests.servers.dovecot", "tests.servers.postgres", "tests.servers.smtp"]
 

@@ -158,6 +158,14 @@ class TestDueTimes:
             "2018-11-05 00:30 -0200",
         ]
 
+    def test_a_time_marked_second_of_a_repeated_hour_still_runs_on_its_day(self) -> None:
+        """Clocks went forward at midnight on 4 Nov 2018 in São Paulo: 00:00 never happened."""
+        tz = ZoneInfo("America/Sao_Paulo")
+        start = datetime(2018, 11, 2, 0, 0, tzinfo=tz)
+        rule = cadence("days", 1, start, time_of_day=time(0, 0, fold=1), timezone=tz.key)
+        days = [s.astimezone(tz).date() for s in slots(rule, start - timedelta(seconds=1), 4)]
+        assert days == [date(2018, 11, 2), date(2018, 11, 3), date(2018, 11, 4), date(2018, 11, 5)]
+
     def test_hourly_across_a_change_is_every_elapsed_hour(self) -> None:
         start = datetime(2024, 3, 10, 0, 0, tzinfo=NEW_YORK)
         rule = cadence("hours", 1, start, timezone="America/New_York")
