@@ -26,6 +26,7 @@ import csv
 import email.utils
 import hashlib
 import html
+import io
 import logging
 import re
 import unicodedata
@@ -513,9 +514,25 @@ def _tidy(text: str) -> str:
 def _render_row(cells: list[str]) -> str:
     while cells and not cells[-1]:
         cells.pop()
+    cells = [_soft_lines(cell) for cell in cells]
     if any("\n" in cell for cell in cells):
         return "\n".join(cell for cell in cells if cell)
     return "\t".join(cells)
+
+
+def _soft_lines(cell: str) -> str:
+    """A cell's line breaks, when they only wrap a value, become spaces.
+
+    Mail clients break long names and areas inside table cells ("Ana<br>Beatriz
+    Castro"); kept as lines they would tear the row apart. A cell holding
+    paragraphs or "Label: value" lines is a block of its own and keeps them.
+    """
+    if "\n" not in cell or "\n\n" in cell or ":" in cell:
+        return cell
+    lines = cell.split("\n")
+    if len(lines) > 4 or any(len(line) > 80 for line in lines):
+        return cell
+    return " ".join(line for line in lines if line)
 
 
 class _HtmlText:
@@ -713,11 +730,14 @@ class Attachment:
         """The CSV rows of this attachment (";", "," or tab separated); [] if not CSV."""
         if not self.is_csv:
             return []
-        lines = self.text.splitlines()
-        header = next((line for line in lines if line.strip()), "")
+        text = self.text
+        header = next((line for line in text.splitlines() if line.strip()), "")
         delimiter = max(";,\t", key=header.count)
-        reader = csv.reader(lines, delimiter=delimiter)
-        return [[cell.strip() for cell in row] for row in reader if any(c.strip() for c in row)]
+        # The reader gets the whole text so a quoted cell may span lines; inside a
+        # cell a line break only wraps the value.
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        rows = ([" ".join(cell.split()) for cell in row] for row in reader)
+        return [row for row in rows if any(row)]
 
 
 # --------------------------------------------------------------------------
