@@ -243,6 +243,17 @@ class ServiceSettings(_Section):
         description="How long polling must keep failing before the admin is emailed; "
         "also when `portaria status` calls a silent or failing mailbox a problem.",
     )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Key (32+ characters) that signs the one-click unsubscribe links of rule "
+        "emails; better in PORTARIA_SERVICE__SECRET_KEY or secret_key_file than here. "
+        "Changing it breaks the links already sent.",
+    )
+    secret_key_file: Path = Field(
+        Path("var/secret.key"),
+        description="File holding the secret key when secret_key is not set; read when a "
+        "link is made or checked. `portaria init` creates it (32 random bytes, mode 0600).",
+    )
 
     @field_validator("support_address", "admin_address")
     @classmethod
@@ -280,6 +291,14 @@ class EngineSettings(_Section):
     )
     email_cap_per_recipient_per_day: int = Field(
         3, ge=0, description="Most rule emails one address receives per day; 0 turns them off."
+    )
+    run_lease_minutes: int = Field(
+        15,
+        ge=1,
+        le=24 * 60,
+        description="A rule run not finished whose heartbeat is older than this is taken as "
+        "abandoned by a dead process, and the scheduler finishes it; a live run renews its "
+        "heartbeat after every batch of customers.",
     )
 
     @field_validator("timezone")

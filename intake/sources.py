@@ -29,6 +29,7 @@ from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginEr
 
 from config.settings import MailboxSettings
 from portaria.errors import PortariaError
+from portaria.oauth2 import AccessTokenUnavailable, read_access_token
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,8 @@ class MailboxUnavailable(MailboxError):
 
 
 class MailboxLoginRefused(MailboxError):
-    """The mail server refused the configured username and password."""
+    """The mail server refused the configured login (password or OAuth2 token), or no
+    access token could be read for it."""
 
 
 class MailboxFolderMissing(MailboxError):
@@ -112,7 +114,7 @@ def open_source(settings: MailboxSettings, resolve: Callable[[Path], Path]) -> M
     if settings.kind == "maildir":
         return MaildirMailbox(resolve(settings.maildir))
     ca_file = resolve(settings.ca_file) if settings.ca_file is not None else None
-    return ImapMailbox(settings, ca_file=ca_file)
+    return ImapMailbox(settings, ca_file=ca_file, resolve=resolve)
 
 
 class ImapMailbox:
@@ -124,11 +126,19 @@ class ImapMailbox:
     UIDVALIDITY cannot be addressed any more and are skipped.
     """
 
-    def __init__(self, settings: MailboxSettings, *, ca_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        settings: MailboxSettings,
+        *,
+        ca_file: Path | None = None,
+        resolve: Callable[[Path], Path] = Path,
+    ) -> None:
         if settings.host is None or settings.username is None:
             raise ValueError("an IMAP mailbox needs settings.host and settings.username")
         self.settings = settings
         self.ca_file = ca_file
+        # Anchors a relative mailbox.oauth2.token_file, which is read at every login.
+        self._resolve = resolve
         self.host = settings.host
         self.port = settings.effective_port
         self.folder = settings.folder
@@ -285,6 +295,9 @@ class ImapMailbox:
             ) from exc
 
     def _login(self) -> None:
+        if self.settings.auth == "oauth2":
+            self._login_oauth2()
+            return
         client = self._connected()
         username = self.settings.username
         password = self.settings.password
@@ -302,6 +315,30 @@ class ImapMailbox:
                     "check mailbox.username and the password"
                 ) from exc
         log.debug("%s: logged in", self.identity)
+
+    def _login_oauth2(self) -> None:
+        """SASL XOAUTH2 with a token read just now: provider tokens live about an hour."""
+        client = self._connected()
+        username = self.settings.username or ""
+        if not client.has_capability("AUTH=XOAUTH2"):
+            raise MailboxLoginRefused(
+                f"{self._server} does not offer AUTH=XOAUTH2; "
+                "check mailbox.host, or use mailbox.auth = 'password'"
+            )
+        try:
+            token = read_access_token(self.settings.oauth2, self._resolve, key="mailbox.oauth2")
+        except AccessTokenUnavailable as exc:
+            raise MailboxLoginRefused(f"{self._server}: no access token: {exc}") from exc
+        with self._talking(f"logging in as {username!r} with OAuth2"):
+            try:
+                client.oauth2_login(username, token)
+            except LoginError as exc:
+                raise MailboxLoginRefused(
+                    f"{self._server} refused the OAuth2 login of {username!r} "
+                    f"({_reason(exc)}); check mailbox.username and that the token from "
+                    "mailbox.oauth2 is current and allows IMAP for this mailbox"
+                ) from exc
+        log.debug("%s: logged in with OAuth2", self.identity)
 
     def _select_inbox(self) -> None:
         client = self._connected()

@@ -19,7 +19,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from config.settings import ConfigError, Settings, config_path, load_settings
-from portaria.commands import customers, playbooks, rules, schedule, tasks, templates
+from portaria.commands import (
+    customers,
+    playbooks,
+    rules,
+    schedule,
+    status,
+    tasks,
+    templates,
+)
 from portaria.console import (
     CommandError,
     ConfigOption,
@@ -59,6 +67,7 @@ for _name, _commands in (
     app.add_typer(_commands, name=_name)
 app.command("schedule")(schedule.schedule_command)
 app.command("run")(schedule.run_command)
+app.command("status")(status.status_command)
 
 
 @app.callback()

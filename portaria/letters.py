@@ -34,6 +34,14 @@ turns a missing one into :class:`LetterContextError`):
     ``access_type``, ``flags`` (list of ``existing_user``,
     ``pending_duplicate``, ``admin_access``) and ``requester_email``; and
     ``console_url``.
+``mailbox_failing`` (to the admin; see ``intake/health.py``)
+    ``mailbox`` (the mailbox's identity), ``error`` (the last poll's error),
+    ``advice`` (what to do, already in the letter's language),
+    ``failing_since`` (an aware datetime) and ``last_success_at`` (an aware
+    datetime, or ``None`` when the mailbox was never read).
+``mailbox_recovered``
+    ``mailbox``, ``failing_since``, ``recovered_at`` (aware datetimes) and
+    ``last_error`` (may be ``None``).
 """
 
 from __future__ import annotations
@@ -60,7 +68,16 @@ from jinja2 import (
 
 from portaria.errors import PortariaError
 
-KINDS = ("received", "incomplete", "approved", "welcome", "rejected", "support_notice")
+KINDS = (
+    "received",
+    "incomplete",
+    "approved",
+    "welcome",
+    "rejected",
+    "support_notice",
+    "mailbox_failing",
+    "mailbox_recovered",
+)
 DEFAULT_LANGUAGE = "pt-BR"
 LOCAL_TIME = ZoneInfo("America/Sao_Paulo")
 

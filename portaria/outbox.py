@@ -47,7 +47,7 @@ import re
 import smtplib
 import ssl
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy
@@ -65,7 +65,8 @@ from config.settings import OutboundSettings, Settings
 from portaria.db import transaction, utcnow
 from portaria.errors import PortariaError
 from portaria.letters import compose, resolve_language
-from portaria.outbox_models import OUTBOX_STATUSES, OutboxMessage
+from portaria.oauth2 import AccessTokenUnavailable, read_access_token, xoauth2_response
+from portaria.outbox_models import OUTBOX_STATUSES, BouncedAddress, OutboxMessage
 
 log = logging.getLogger(__name__)
 
@@ -451,6 +452,8 @@ def _claim(
             ).rowcount
             if won != 1:
                 continue
+            if fail_if_all_bounced(session, row):
+                continue
             try:
                 message = build_message(row, settings.outbound.from_name)
             except (ValueError, TypeError, MessageError) as exc:
@@ -470,6 +473,28 @@ def _claim(
                 )
             )
     return claimed
+
+
+def fail_if_all_bounced(session: Session, row: OutboxMessage) -> bool:
+    """Fail ``row`` unsent when every recipient is a recorded bounced address.
+
+    Intake records the addresses our mail bounced from; writing to them
+    again only earns another bounce and hurts the sender's reputation.
+    """
+    recipients = {address.lower() for address in row.recipients}
+    if not recipients:
+        return False
+    bounced = set(
+        session.scalars(
+            select(BouncedAddress.email).where(BouncedAddress.email.in_(sorted(recipients)))
+        )
+    )
+    if bounced != recipients:
+        return False
+    row.status = "failed"
+    row.last_error = f"not sent: every recipient bounced earlier ({', '.join(sorted(bounced))})"
+    log.warning("outbox %s %s: %s", row.id, row.message_id, row.last_error)
+    return True
 
 
 def _record_sent(
@@ -543,7 +568,9 @@ def open_transport(settings: Settings) -> Transport:
     outbound = settings.outbound
     if outbound.kind == "smtp":
         return SmtpTransport(
-            outbound, ca_file=settings.path(outbound.ca_file) if outbound.ca_file else None
+            outbound,
+            ca_file=settings.path(outbound.ca_file) if outbound.ca_file else None,
+            resolve=settings.path,
         )
     return MaildirTransport(settings.path(outbound.maildir))
 
@@ -588,7 +615,9 @@ class SmtpTransport:
     Security is ``ssl`` (TLS from the start), ``starttls`` (upgrade, and
     refuse to go on in clear) or ``plain``; the server's certificate is
     verified against ``ca_file`` when given, else the system's trust store.
-    AUTH is used when a username is set; the password is never logged.
+    AUTH is used when a username is set; the password is never logged. With
+    ``outbound.auth = "oauth2"`` it is AUTH XOAUTH2 with an access token read
+    afresh for each connection (see :mod:`portaria.oauth2`), never logged either.
 
     Failures to connect, to secure the connection or to log in are
     temporary for the messages: they say nothing about the messages, and
@@ -598,7 +627,13 @@ class SmtpTransport:
     message tried again; after that the run's remaining messages are deferred.
     """
 
-    def __init__(self, outbound: OutboundSettings, *, ca_file: Path | None = None) -> None:
+    def __init__(
+        self,
+        outbound: OutboundSettings,
+        *,
+        ca_file: Path | None = None,
+        resolve: Callable[[Path], Path] = Path,
+    ) -> None:
         if not outbound.host:
             raise OutboxError("outbound.host is required to send over SMTP")
         self.host = outbound.host
@@ -607,6 +642,9 @@ class SmtpTransport:
         self.timeout = outbound.timeout
         self.username = outbound.username
         self._password = outbound.password
+        # With auth = "oauth2" a token is read at each connection, never kept.
+        self._oauth2 = outbound.oauth2 if outbound.auth == "oauth2" else None
+        self._resolve = resolve
         self.ca_file = ca_file
         self._client: smtplib.SMTP | None = None
         self._reconnects_left = 1
@@ -707,7 +745,7 @@ class SmtpTransport:
             raise DeliveryDeferred(self._broken)
         try:
             self._client = self._connect()
-        except (smtplib.SMTPException, OSError) as exc:
+        except (smtplib.SMTPException, OSError, AccessTokenUnavailable) as exc:
             self._broken = f"cannot use SMTP server {self.host}:{self.port}: {_describe(exc)}"
             log.error("outbound: %s", self._broken)
             raise DeliveryDeferred(self._broken) from exc
@@ -730,7 +768,9 @@ class SmtpTransport:
                 # offer it: we never fall back to sending in clear.
                 client.starttls(context=context)
                 client.ehlo()
-            if self.username:
+            if self.username and self._oauth2 is not None:
+                self._login_oauth2(client, self.username)
+            elif self.username:
                 password = self._password.get_secret_value() if self._password else ""
                 client.login(self.username, password)
         except BaseException:
@@ -738,6 +778,27 @@ class SmtpTransport:
             raise
         log.debug("outbound: connected to %s:%s (%s)", self.host, self.port, self.security)
         return client
+
+    def _login_oauth2(self, client: smtplib.SMTP, username: str) -> None:
+        """AUTH XOAUTH2 with the initial response on the AUTH line (RFC 4954).
+
+        On a refused token the server sends a 334 challenge holding a JSON
+        error and waits for an empty line before its final 535; answering
+        any challenge with an empty line is what lets that 535 arrive.
+        """
+        offered = client.esmtp_features.get("auth", "").upper().split()
+        if "XOAUTH2" not in offered:
+            raise smtplib.SMTPNotSupportedError(
+                f"{self.host} does not offer AUTH XOAUTH2 (it offers: "
+                f"{', '.join(offered) or 'no AUTH'}); check outbound.host and outbound.auth"
+            )
+        token = read_access_token(self._oauth2, self._resolve, key="outbound.oauth2")
+        response = xoauth2_response(username, token)
+
+        def answer(challenge: bytes | None = None) -> str:
+            return response if challenge is None else ""
+
+        client.auth("XOAUTH2", answer, initial_response_ok=True)
 
     def _drop(self) -> None:
         if self._client is not None:

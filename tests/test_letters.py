@@ -61,6 +61,16 @@ def context_for(kind: str) -> dict[str, object]:
             "expires_at": datetime(2026, 12, 7, 17, 30, tzinfo=UTC),
             "console_url": "https://portaria.example.com",
         }
+    if kind in ("mailbox_failing", "mailbox_recovered"):  # full tests: tests/test_health.py
+        return {
+            "mailbox": "imap://acesso%40example.com@imap.example.com:993/INBOX",
+            "error": "IMAP server imap.example.com:993 refused the login",
+            "last_error": "IMAP server imap.example.com:993 refused the login",
+            "advice": "confira mailbox.username e a senha",
+            "failing_since": datetime(2026, 12, 7, 12, 0, tzinfo=UTC),
+            "last_success_at": None,
+            "recovered_at": datetime(2026, 12, 7, 13, 0, tzinfo=UTC),
+        }
     return {
         "requests": [
             {

@@ -5,6 +5,8 @@ test session, listening on 127.0.0.1 with plain, STARTTLS and IMAPS, a
 self-signed certificate the client can verify, and its own passwd-file) and
 the ``imap_account`` fixture (a new user with an empty mailbox for each test,
 with ways to load mail into it and look at it from outside the code under test).
+``dovecot_oauth2_server`` is a second such Dovecot that also takes XOAUTH2
+logins, checked against a token issuer the fixture runs on 127.0.0.1.
 
 Nothing here reads /etc/dovecot or needs systemd. The configuration uses
 Dovecot 2.3 syntax (Debian 12, Ubuntu 22.04 and 24.04).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import grp
 import itertools
+import json
 import os
 import pwd
 import secrets
@@ -22,9 +25,11 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +377,128 @@ def imap_account(dovecot_server: DovecotServer) -> ImapAccount:
     """A fresh user with an empty INBOX on the session's Dovecot."""
     dovecot_server.start()  # in case a test stopped it and did not start it again
     return dovecot_server.new_account()
+
+
+# The OAuth2 variant: a second private Dovecot whose oauth2 passdb accepts
+# XOAUTH2 and OAUTHBEARER logins by asking a token-introspection endpoint,
+# which the fixture serves on 127.0.0.1 (introspection_mode = auth: Dovecot
+# sends the client's token as "Authorization: Bearer ..." and reads the user
+# name from the JSON answer). Password logins keep working through the
+# passwd-file passdb, so accounts are loaded the usual way. Appended to the
+# usual configuration: later settings win, passdbs add up.
+OAUTH2_CONFIG = """\
+
+auth_mechanisms = plain login xoauth2 oauthbearer
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {root}/dovecot-oauth2.conf.ext
+}}
+"""
+OAUTH2_BACKEND = """\
+introspection_mode = auth
+introspection_url = http://127.0.0.1:{port}/userinfo
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
+
+
+class TokenIssuer:
+    """A tiny OAuth2 provider: issues bearer tokens and answers Dovecot's introspection.
+
+    ``issue(username)`` gives a new token; ``revoke(token)`` plays expiry.
+    A known token is answered with ``{"username": ..., "active": "true"}``, an
+    unknown or revoked one with ``{"active": "false"}``, which Dovecot turns
+    into an ordinary authentication failure. ``introspected`` lists every
+    token Dovecot asked about, in order.
+    """
+
+    def __init__(self) -> None:
+        self._tokens: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self.introspected: list[str] = []
+        issuer = self
+
+        class Introspection(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                token = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                answer = issuer._introspect(token)
+                body = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None  # requests carry tokens; keep them out of test output
+
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), Introspection)
+        self.port = int(self._http.server_address[1])
+        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+
+    def issue(self, username: str) -> str:
+        token = secrets.token_urlsafe(24)
+        with self._lock:
+            self._tokens[token] = username
+        return token
+
+    def revoke(self, token: str) -> None:
+        with self._lock:
+            self._tokens.pop(token, None)
+
+    def _introspect(self, token: str) -> dict[str, str]:
+        with self._lock:
+            self.introspected.append(token)
+            username = self._tokens.get(token)
+        if username is None:
+            return {"active": "false"}
+        return {"username": username, "active": "true"}
+
+
+@dataclass
+class OAuth2Dovecot:
+    """The OAuth2 variant of the private Dovecot and the provider whose tokens it accepts."""
+
+    server: DovecotServer
+    issuer: TokenIssuer
+
+    def new_account(self) -> ImapAccount:
+        return self.server.new_account()
+
+
+@pytest.fixture(scope="session")
+def dovecot_oauth2_server() -> Iterator[OAuth2Dovecot]:
+    """A second private Dovecot that also accepts XOAUTH2 with tokens from a TokenIssuer."""
+    binary = _dovecot_binary()
+    if binary is None:
+        reason = "dovecot is not installed (apt-get install dovecot-imapd)"
+        if _ci_requires_real_servers():
+            pytest.fail(f"CI is set but {reason}; the IMAP tests cannot run", pytrace=False)
+        pytest.skip(f"{reason}: real IMAP server tests skipped")
+
+    issuer = TokenIssuer()
+    issuer.start()
+    root = Path(tempfile.mkdtemp(prefix="portaria-dovecot-oauth2-"))
+    try:
+        server = DovecotServer.prepare(binary, root)
+        (root / "dovecot-oauth2.conf.ext").write_text(OAUTH2_BACKEND.format(port=issuer.port))
+        with (root / "dovecot.conf").open("a") as config:
+            config.write(OAUTH2_CONFIG.format(root=root))
+        server.start()
+        yield OAuth2Dovecot(server, issuer)
+        server.stop()
+    finally:
+        issuer.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _signal_group(group: int, signal_number: int) -> bool:

@@ -5,7 +5,9 @@ Fixtures:
 - ``smtp_server``: a plain server without AUTH, fresh for each test.
 - ``make_smtp_server(security=..., username=..., password=...)``: a server
   with implicit TLS (``ssl``), STARTTLS (``starttls``) or none (``plain``),
-  optionally demanding AUTH; stopped at the end of the test.
+  optionally demanding AUTH; stopped at the end of the test. With
+  ``oauth2_token=...`` (and a username) it offers only AUTH XOAUTH2 and
+  accepts that bearer token (see :class:`XOAuth2Handler`).
 - ``smtp_certificate``: a self-signed certificate for 127.0.0.1 made with
   ``openssl`` once per session; clients verify the server against it.
 - ``outbound_settings(server=None, **overrides)``: Settings with
@@ -21,11 +23,13 @@ port to play a server that is down.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import ssl
 import subprocess
 import threading
+from base64 import b64decode
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import policy
@@ -36,7 +40,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from config.settings import Settings
 
@@ -148,6 +152,51 @@ class RecordingHandler:
         return "250 2.0.0 accepted"
 
 
+class XOAuth2Handler(RecordingHandler):
+    """A RecordingHandler that also speaks AUTH XOAUTH2, the way Gmail and Microsoft 365 do.
+
+    It accepts ``username`` with the bearer token in ``token`` (a test may
+    change it, playing the provider issuing a new token) and records every
+    token presented, in order, in ``presented``. A refused token gets the
+    providers' answer: a 334 challenge carrying a base64 JSON error, then,
+    after the client's empty line, 535.
+    """
+
+    def __init__(self, username: str, token: str) -> None:
+        super().__init__()
+        self.username = username
+        self.token = token
+        self.presented: list[str] = []
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            reply = await server.challenge_auth("")
+            if reply is MISSING:
+                return AuthResult(success=False)
+        else:
+            try:
+                reply = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await server.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        assert isinstance(reply, bytes)
+        # "user=U\x01auth=Bearer T\x01\x01"
+        fields = dict(part.split(b"=", 1) for part in reply.split(b"\x01") if b"=" in part)
+        user = fields.get(b"user", b"").decode("utf-8", errors="replace")
+        auth = fields.get(b"auth", b"").decode("utf-8", errors="replace")
+        token = auth.removeprefix("Bearer ")
+        with self._lock:
+            self.presented.append(token)
+        if reply.endswith(b"\x01\x01") and user == self.username and token == self.token:
+            return AuthResult(success=True, auth_data=user)
+        error = json.dumps({"status": "401", "schemes": "Bearer", "scope": "smtp"})
+        if await server.challenge_auth(error) is MISSING:
+            return AuthResult(success=False, handled=True)  # aborted; answered already
+        return AuthResult(
+            success=False, handled=False, message="535 5.7.8 Username and token not accepted"
+        )
+
+
 def parse_delivered(raw: bytes, *, utf8: bool) -> EmailMessage:
     """The message as a local delivery agent stores it: LF line ends, UTF-8 headers decoded.
 
@@ -186,18 +235,27 @@ class SmtpTestServer:
         username: str | None = None,
         password: str | None = None,
         certificate: tuple[Path, Path] | None = None,
+        oauth2_token: str | None = None,
     ) -> None:
         if security not in ("plain", "starttls", "ssl"):
             raise ValueError(f"unknown security {security!r}")
         if security != "plain" and certificate is None:
             raise ValueError(f"security {security!r} needs a certificate")
+        if oauth2_token is not None and username is None:
+            raise ValueError("an XOAUTH2 server needs the username it accepts")
         self.host = HOST
         self.port = _free_port()
         self.security = security
         self.username = username
         self.password = password
         self.ca_file = certificate[0] if certificate else None
-        self.handler = RecordingHandler()
+        # With a token, AUTH offers only XOAUTH2: password login is switched off.
+        self.oauth2_token = oauth2_token
+        self.handler: RecordingHandler = (
+            XOAuth2Handler(username, oauth2_token)
+            if username is not None and oauth2_token is not None
+            else RecordingHandler()
+        )
         self.connections = 0
         self._certificate = certificate
         self._controller: Controller | None = None
@@ -242,6 +300,8 @@ class SmtpTestServer:
             kwargs["authenticator"] = self._authenticate
             # AUTH in clear is acceptable on loopback, and lets plain mode be tested.
             kwargs["auth_require_tls"] = False
+        if self.oauth2_token is not None:
+            kwargs["auth_exclude_mechanism"] = ["PLAIN", "LOGIN"]
         controller = _CountingController(self, self.handler, **kwargs)
         controller.start()
         # start() opens one connection of its own to check the server is up.
@@ -302,11 +362,18 @@ def make_smtp_server(
     servers: list[SmtpTestServer] = []
 
     def make(
-        security: str = "plain", username: str | None = None, password: str | None = None
+        security: str = "plain",
+        username: str | None = None,
+        password: str | None = None,
+        oauth2_token: str | None = None,
     ) -> SmtpTestServer:
         certificate = smtp_certificate if security != "plain" else None
         server = SmtpTestServer(
-            security=security, username=username, password=password, certificate=certificate
+            security=security,
+            username=username,
+            password=password,
+            certificate=certificate,
+            oauth2_token=oauth2_token,
         )
         server.start()
         servers.append(server)
