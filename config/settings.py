@@ -160,7 +160,6 @@ class MailboxSettings(_Section):
             if not self.username:
                 raise ValueError("username is required when kind = 'imap'")
             _oauth2_ready(self.auth, self.oauth2)
-        self.password = _read_secret(self.password, self.password_file, "password")
         return self
 
     @property
@@ -211,7 +210,6 @@ class OutboundSettings(_Section):
             if not self.username:
                 raise ValueError("username is required when auth = 'oauth2'")
             _oauth2_ready(self.auth, self.oauth2)
-        self.password = _read_secret(self.password, self.password_file, "password")
         return self
 
     @property
@@ -451,6 +449,16 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
         return tuple(sources)
 
+    @model_validator(mode="after")
+    def _read_password_files(self) -> Settings:
+        # Here, not in the sections: only now is the configuration's folder known,
+        # and a relative password_file is read from there like every other path.
+        for name in ("mailbox", "outbound"):
+            section = getattr(self, name)
+            file = self.path(section.password_file) if section.password_file else None
+            section.password = _read_secret(section.password, file, f"{name}.password")
+        return self
+
     def path(self, value: Path) -> Path:
         """Resolve a path from the settings against the configuration's folder."""
         value = value.expanduser()
@@ -518,9 +526,14 @@ def describe_validation_error(exc: ValidationError, file: Path | None) -> str:
         given = error.get("input")
         # A check across a section's keys is reported on the section; its message
         # starts with the key at fault, so point there instead.
-        field = re.match(r"(\w+)[: ]", message)
-        if isinstance(given, dict) and field and field.group(1) in given.keys() | _KEYS:
-            location.append(field.group(1))
+        field = re.match(r"([\w.]+)[: ]", message)
+        if (
+            isinstance(given, dict)
+            and field
+            and field.group(1).split(".")[-1] in (given.keys() | _KEYS)
+        ):
+            location += [p for p in field.group(1).split(".") if p not in location]
+            message = message.removeprefix(field.group(1) + ":").strip()
         key = ".".join(location)
         env = "PORTARIA_" + "__".join(part.upper() for part in location)
         if error["type"] == "extra_forbidden":
