@@ -4,11 +4,17 @@ Order matters for "nothing lost, nothing done twice": a batch's rows are
 committed before any of its messages leaves the inbox, and a move still owed
 from an earlier run (the process stopped between commit and move) is made at
 the start of the next poll. A message whose key is already recorded is never
-received again.
+received again; tests/test_crash.py kills the poller at random points to
+hold it to that.
+
+The loop (:func:`poll_forever`) owns what happens when the mailbox or the
+database fails: it logs what went wrong, waits a doubling, jittered delay
+(:func:`reconnect_delay`) and opens everything again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import signal
@@ -18,15 +24,28 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
+from intake.health import record_poll_health
 from intake.models import InboundMessage, MailboxState
 from intake.receiving import ATTENTION, PROCESSED, receive
-from intake.sources import MailboxError, MailboxSource, open_source
+from intake.sources import MailboxError, MailboxSource, MailboxUnavailable, open_source
 from portaria.db import transaction, utcnow
 
 log = logging.getLogger(__name__)
+
+# Database errors that mean the database, not the message, failed (locked,
+# gone, connection lost): they abort the batch instead of marking a message.
+DATABASE_FAILURES = (OperationalError, InterfaceError)
+
+# Reconnecting after a failed poll: the first wait is about RECONNECT_BASE
+# seconds, each failure in a row doubles it up to RECONNECT_CAP, and up to
+# RECONNECT_JITTER of it is taken off at random.
+RECONNECT_BASE = 2.0
+RECONNECT_CAP = 300.0
+RECONNECT_JITTER = 0.5
 
 
 @dataclass
@@ -65,9 +84,9 @@ def poll_once(
         with source:
             report = _poll(sessions, settings, source, after_commit)
     except MailboxError as exc:
-        _remember(sessions, source.identity, error=str(exc))
+        _remember(sessions, settings, source.identity, error=str(exc))
         raise
-    _remember(sessions, source.identity, result=report.summary())
+    _remember(sessions, settings, source.identity, result=report.summary())
     return report
 
 
@@ -78,6 +97,7 @@ def _poll(
     after_commit: Callable[[Sequence[InboundMessage]], None] | None,
 ) -> PollReport:
     report = PollReport(mailbox=source.identity)
+    _note_uidvalidity(sessions, source)
     report.moved += _make_owed_moves(sessions, settings, source)
 
     with sessions() as session:
@@ -99,6 +119,9 @@ def _poll(
             ]
         report.fetched += len(rows)
         report.outcomes.update(row.outcome for row in rows)
+        # The line a person (or the crash test) reads to know that this batch
+        # is safe: from here on a crash only leaves moves owed.
+        log.info("%s: %d message(s) recorded, to be moved", source.identity, len(rows))
         if after_commit is not None:
             after_commit(rows)
         report.moved += _move(sessions, settings, source, rows)
@@ -114,12 +137,17 @@ def _receive_one(
     try:
         with session.begin_nested():
             return receive(session, settings, mailbox=mailbox, key=key, raw=raw)
+    except DATABASE_FAILURES:
+        # Not this message's fault: recording it as unreadable would file a
+        # good request away. The batch rolls back and is read again later.
+        raise
     except Exception as exc:  # the batch must go on; the message is kept with the reason
         log.exception("%s: message %s could not be received", mailbox, key)
         row = InboundMessage(
             mailbox=mailbox,
             mailbox_key=key,
-            sha256="",
+            # The hash lets a later copy of the same bytes be known as one.
+            sha256=hashlib.sha256(raw).hexdigest(),
             size=len(raw),
             outcome="unreadable",
             reason=f"internal error while reading: {type(exc).__name__}: {exc}"[:2000],
@@ -172,6 +200,26 @@ def _make_owed_moves(
     return _move(sessions, settings, source, owed)
 
 
+def _note_uidvalidity(sessions: sessionmaker[Session], source: MailboxSource) -> None:
+    """Keep the IMAP folder's UIDVALIDITY, and say so clearly when it changed."""
+    current = getattr(source, "uidvalidity", None)
+    if current is None:
+        return  # a Maildir: its keys never change
+    with transaction(sessions) as session:
+        state = session.get(MailboxState, source.identity) or MailboxState(mailbox=source.identity)
+        session.add(state)
+        if state.uidvalidity is not None and state.uidvalidity != current:
+            log.warning(
+                "%s: UIDVALIDITY changed from %s to %s (the folder was recreated or restored): "
+                "every message in it is read again, and those already handled are recognised "
+                "by Message-ID and content and only filed",
+                source.identity,
+                state.uidvalidity,
+                current,
+            )
+        state.uidvalidity = current
+
+
 def _batches(keys: Sequence[str], size: int) -> Iterable[Sequence[str]]:
     for start in range(0, len(keys), size):
         yield keys[start : start + size]
@@ -179,11 +227,14 @@ def _batches(keys: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 
 def _remember(
     sessions: sessionmaker[Session],
+    settings: Settings,
     mailbox: str,
     *,
     result: str | None = None,
     error: str | None = None,
 ) -> None:
+    """Record the poll's result, after health has seen it (it quotes the last error)."""
+    record_poll_health(sessions, settings, mailbox, ok=error is None, error=error)
     with transaction(sessions) as session:
         state = session.get(MailboxState, mailbox) or MailboxState(mailbox=mailbox)
         session.add(state)
@@ -206,26 +257,89 @@ class Stop:
             signal.signal(signum, lambda *_: self.event.set())
 
 
-def poll_forever(sessions: sessionmaker[Session], settings: Settings, stop: Stop) -> None:
+def _log_failure(identity: str, exc: Exception, failures: int, delay: float) -> None:
+    if isinstance(exc, MailboxError):
+        what = str(exc)
+    else:
+        # The driver's words only: the full error also quotes the SQL and
+        # its parameters, which hold message content.
+        what = f"database unavailable: {getattr(exc, 'orig', None) or type(exc).__name__}"
+    # A server that is down usually comes back; a refused login, a missing
+    # folder or a lost database waits for a person, so they are errors.
+    level = logging.WARNING if isinstance(exc, MailboxUnavailable) else logging.ERROR
+    log.log(
+        level,
+        "%s: poll failed (%d in a row): %s; trying again in %.1f s",
+        identity,
+        failures,
+        what,
+        delay,
+    )
+
+
+def reconnect_delay(failures: int, rng: random.Random | None = None) -> float:
+    """Seconds to wait after ``failures`` failed polls in a row: doubling, capped, jittered.
+
+    The jitter takes up to half the delay off at random, so pollers that lost
+    the same server at the same moment do not all come back at the same second.
+    """
+    exponent = min(max(failures, 1), 32) - 1
+    delay = min(RECONNECT_CAP, RECONNECT_BASE * 2.0**exponent)
+    return delay * (rng or random).uniform(1.0 - RECONNECT_JITTER, 1.0)
+
+
+def poll_forever(
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    stop: Stop,
+    *,
+    sleep: Callable[[float], object] | None = None,
+    rng: random.Random | None = None,
+    after_commit: Callable[[Sequence[InboundMessage]], None] | None = None,
+    after_poll: Callable[[PollReport], None] | None = None,
+) -> None:
     """Poll until stopped: IMAP IDLE when offered, else every poll_interval seconds.
 
-    A mailbox that cannot be reached is retried with exponential backoff and
-    jitter, so a restarted server is not met by every poller at the same second.
+    Any mailbox failure (server down or restarted, connection dropped, login
+    refused, folder missing), and a database that cannot be reached, closes
+    the connection and opens a new one after :func:`reconnect_delay`; work
+    committed before the failure is never done again, and a batch the failure
+    interrupted is read again. ``sleep`` waits out that delay (default: the stop
+    event, so SIGTERM cuts it short) and ``rng`` draws its jitter; with
+    ``after_commit`` and ``after_poll`` tests can act between the steps.
     """
+    pause = sleep or stop.event.wait
     failures = 0
+    identity = settings.mailbox.kind
     while not stop.event.is_set():
         source = open_source(settings.mailbox, settings.path)
+        identity = source.identity
         try:
             with source:
-                while not stop.event.is_set():
-                    report = _poll(sessions, settings, source, None)
-                    _remember(sessions, source.identity, result=report.summary())
+                if failures:
+                    log.info(
+                        "%s: connected again after %d failed attempt(s)",
+                        source.identity,
+                        failures,
+                    )
+                while True:
+                    report = _poll(sessions, settings, source, after_commit)
+                    _remember(sessions, settings, source.identity, result=report.summary())
                     failures = 0
+                    if after_poll is not None:
+                        after_poll(report)
+                    if stop.event.is_set():
+                        break
                     source.wait(settings.mailbox.poll_interval)
-        except MailboxError as exc:
+        except (MailboxError, *DATABASE_FAILURES) as exc:
             failures += 1
-            _remember(sessions, source.identity, error=str(exc))
-            delay = min(300.0, 2.0 ** min(failures, 8)) * random.uniform(0.5, 1.0)
-            log.error("%s: %s; trying again in %.0f s", source.identity, exc, delay)
-            stop.event.wait(delay)
-    log.info("poller stopped")
+            delay = reconnect_delay(failures, rng)
+            _log_failure(identity, exc, failures, delay)
+            if isinstance(exc, MailboxError):
+                try:
+                    _remember(sessions, settings, identity, error=str(exc))
+                except DATABASE_FAILURES as lost:
+                    # The database is gone too: the log line above must do.
+                    log.error("%s: cannot record the failure: %s", identity, lost.orig)
+            pause(delay)
+    log.info("%s: poller stopped", identity)

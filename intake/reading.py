@@ -194,7 +194,9 @@ def decode_text(data: bytes, charset: str | None = None) -> str:
     if codec is not None:
         try:
             return data.decode(codec)
-        except (UnicodeDecodeError, LookupError):
+        # UnicodeError, not only UnicodeDecodeError: codecs that are no
+        # charset at all (idna, punycode, undefined) raise the base class.
+        except (UnicodeError, LookupError):
             pass
     if data.isascii():
         return data.decode("ascii")
@@ -206,7 +208,7 @@ def decode_text(data: bytes, charset: str | None = None) -> str:
         # A multibyte charset with a few bad sequences: keep the readable rest.
         try:
             return data.decode(codec, "replace")
-        except LookupError:
+        except (UnicodeError, LookupError):
             pass
     return data.decode("cp1252", "intake.latin1")
 

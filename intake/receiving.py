@@ -1,26 +1,48 @@
 """Receiving one message: the single core step every entry point ends in.
 
-read → de-duplicate → screen → extract → queue → acknowledge. Each stage
-returns a decision; this module records it on an :class:`InboundMessage` row
-and says which folder the message belongs in. It never commits: the poller
-commits a batch, and only then moves the messages (commit, then move).
+read → de-duplicate → bounces → loops → screen → limits → sender policy →
+extract → queue → auto-approve → acknowledge. Each stage returns a decision;
+this module records it on an :class:`InboundMessage` row and says which
+folder the message belongs in. It never commits: the poller commits a batch,
+and only then moves the messages (commit, then move).
+
+What each outcome means here:
+
+- ``ignored``: a delivery report about our mail (its bounced addresses are
+  recorded), our own mail come back, a machine answering us, or mail the
+  screening calls automatic. Never answered.
+- ``unreadable``: not a message, or larger than ``intake.max_message_bytes``
+  (then only its headers are read).
+- ``held``: outside the sender policy (its requests are queued, flagged
+  ``sender_outside_policy``, and the sender is not answered, since the From
+  address may be forged), or over the attachment or people limit (nothing
+  is queued). A person decides.
+- ``incomplete`` and ``request``: queued, and answered within the hourly
+  cap on automatic answers, unless the address bounced before.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
+from intake import policy
+from intake.bounces import bounced, record_bounces
 from intake.errors import UnreadableMessage
 from intake.extraction import extract
 from intake.models import InboundMessage
 from intake.reading import ReadMessage, read_message
 from intake.screening import has_tag, screen
 from portaria import outbox
+from portaria.letters import single_line
+from portaria.outbox_models import OutboxMessage
+from provisioning.approvals import approve
+from provisioning.errors import ProvisioningError
 from provisioning.models import AccessRequest
 from provisioning.queue import RequestedPerson, Requester, queue_requests
 
@@ -38,6 +60,11 @@ DESTINATIONS: dict[str, str | None] = {
     "unreadable": ATTENTION,
     "left": None,
 }
+
+# Why support must look twice at a request from a held message.
+FLAG_SENDER_OUTSIDE_POLICY = "sender_outside_policy"
+# Who auto-approvals are recorded as, in the audit trail and on the request.
+AUTO_APPROVER = "auto:trusted-requester"
 
 
 def own_addresses(settings: Settings) -> frozenset[str]:
@@ -61,8 +88,10 @@ def receive(
     )
     session.add(row)
 
+    # Size first: an oversize message is read for its headers only.
+    oversize = policy.message_size(len(raw), settings.intake)
     try:
-        message = read_message(raw)
+        message = read_message(policy.header_block(raw) if oversize else raw)
     except UnreadableMessage as exc:
         return _decided(session, row, "unreadable", str(exc))
     row.message_id = message.message_id
@@ -79,15 +108,23 @@ def receive(
         log.info("message %s (%s) is a copy of message %s", row.id, key, original.id)
         return row
 
-    screening = screen(
-        message,
-        tag=settings.service.tag,
-        own_addresses=own_addresses(settings),
-        own_message_id_domain=own_domain(settings),
-    )
+    domain = own_domain(settings)
+    if oversize is None:
+        bounce = record_bounces(session, message, domain)
+        if bounce is not None:
+            return _decided(session, row, "ignored", bounce)
+    loop = policy.loop_check(message, domain)
+    if loop is not None:
+        return _decided(session, row, "ignored", loop.reason)
+
+    # Our own Message-IDs are recognised by their exact form in loop_check;
+    # a domain alone would also match requesters who share our domain.
+    screening = screen(message, tag=settings.service.tag, own_addresses=own_addresses(settings))
     if screening.outcome != "request":
         tagged = has_tag(message.subject or "", settings.service.tag)
         return _decided(session, row, "ignored" if tagged else "left", screening.reason)
+    if oversize is not None:
+        return _decided(session, row, "unreadable", oversize.reason)
 
     return _take_request(session, settings, row, message)
 
@@ -95,90 +132,195 @@ def receive(
 def _take_request(
     session: Session, settings: Settings, row: InboundMessage, message: ReadMessage
 ) -> InboundMessage:
-    extraction = extract(message)
+    intake = settings.intake
+    outside = policy.sender_policy(message, intake)
+    outside_reasons = [verdict.reason for verdict in outside]
+
+    readable, too_big = policy.attachment_limit(message, intake)
+    if too_big is not None:
+        return _decided(session, row, "held", "; ".join([too_big.reason, *outside_reasons]))
+    extraction = extract(readable)
+    too_many = policy.people_limit(len(extraction.people), intake)
+    if too_many is not None:
+        return _decided(session, row, "held", "; ".join([too_many.reason, *outside_reasons]))
+
+    # Names and areas are one line of text wherever they go next (headers,
+    # tables, pages): control characters and line breaks become spaces.
     people = [
-        RequestedPerson(p.name, p.email, p.area, p.access_type, tuple(p.missing))
+        RequestedPerson(
+            _one_line(p.name), p.email, _one_line(p.area), p.access_type, tuple(p.missing)
+        )
         for p in extraction.people
     ]
-    outcome = "incomplete" if any(p.missing for p in people) else "request"
-    reason = ""
-    if outcome == "incomplete":
-        reason = "missing: " + ", ".join(extraction.missing)
-    _decided(session, row, outcome, reason)
+    incomplete = any(p.missing for p in people)
+    reasons = list(outside_reasons)
+    if incomplete:
+        reasons.append("missing: " + ", ".join(extraction.missing))
+    outcome = "held" if outside else "incomplete" if incomplete else "request"
+    _decided(session, row, outcome, "; ".join(reasons))
 
     requester = Requester(
         email=message.from_address or "",
-        name=message.from_name or "",
+        # A display name can carry CR/LF inside an encoded word.
+        name=single_line(message.from_name),
         message_ref=message.message_id,
         subject=message.subject,
     )
     requests = queue_requests(session, requester, people, source_message_id=row.id)
-    _acknowledge(session, settings, message, requests)
+
+    if outside:
+        # Possibly forged: flag for a person, tell support, never the sender.
+        for request in requests:
+            request.flags = [*request.flags, FLAG_SENDER_OUTSIDE_POLICY]
+        session.flush()
+        _tell_support(session, settings, [r for r in requests if r.status == "pending"], row)
+        _note(session, row, "sender not answered (outside the sender policy)")
+        return row
+
+    approved = _auto_approve(session, settings, row, message, requests)
+    _acknowledge(session, settings, row, message, [r for r in requests if r not in approved])
     return row
+
+
+def _auto_approve(
+    session: Session,
+    settings: Settings,
+    row: InboundMessage,
+    message: ReadMessage,
+    requests: Sequence[AccessRequest],
+) -> list[AccessRequest]:
+    """Approve unflagged Comum requests of a trusted, authenticated requester."""
+    if not policy.trusted_requester(message, settings.intake):
+        return []
+    chosen = [
+        r for r in requests if r.status == "pending" and r.access_type == "comum" and not r.flags
+    ]
+    if not chosen:
+        return []
+    # The approval letter is an automatic answer too: over the cap, a person decides.
+    capped = policy.reply_cap(session, settings.intake, message.from_address)
+    if capped is not None:
+        _note(session, row, f"not approved automatically: {capped.reason}")
+        return []
+    try:
+        with session.begin_nested():
+            approved = approve(session, settings, [r.id for r in chosen], actor=AUTO_APPROVER)
+    except ProvisioningError as exc:
+        _note(session, row, f"not approved automatically: {exc}")
+        return []
+
+    letter = session.scalar(
+        select(OutboxMessage).where(
+            OutboxMessage.kind == "approved", OutboxMessage.cause == f"request:{approved[0].id}"
+        )
+    )
+    policy.record_auto_reply(session, message.from_address, letter.id if letter else None)
+    ids = ", ".join(f"#{r.id}" for r in approved)
+    _note(session, row, f"approved automatically ({AUTO_APPROVER}): {ids}")
+    return approved
 
 
 def _acknowledge(
     session: Session,
     settings: Settings,
+    row: InboundMessage,
     message: ReadMessage,
     requests: list[AccessRequest],
 ) -> None:
     """Tell the requester what was queued and what is missing; tell support what waits."""
-    if not message.from_address:
-        return
+    pending = [r for r in requests if r.status == "pending"]
+    incomplete = [r for r in requests if r.status == "incomplete"]
+    if message.from_address:
+        _answer(session, settings, row, message, pending, incomplete)
+    _tell_support(session, settings, pending, row)
+
+
+def _answer(
+    session: Session,
+    settings: Settings,
+    row: InboundMessage,
+    message: ReadMessage,
+    pending: list[AccessRequest],
+    incomplete: list[AccessRequest],
+) -> None:
+    """The received and incomplete letters to the requester, each within the hourly cap."""
     thread = {
         "in_reply_to": _bracketed(message.message_id),
         "references": [_bracketed(r) for r in message.references if r],
-        "cause": f"message:{requests[0].source_message_id}" if requests else None,
+        "cause": f"message:{row.id}",
     }
     base = {
-        "requester_name": message.from_name or "",
+        "requester_name": single_line(message.from_name),
         "original_subject": message.subject or "",
     }
-    pending = [r for r in requests if r.status == "pending"]
-    incomplete = [r for r in requests if r.status == "incomplete"]
-
-    if pending:
-        outbox.enqueue(
-            session,
-            settings,
-            kind="received",
-            to=[message.from_address],
-            context={**base, "people": [_person(r) for r in pending]},
-            **thread,
-        )
-    if incomplete:
-        outbox.enqueue(
-            session,
-            settings,
-            kind="incomplete",
-            to=[message.from_address],
-            context={
+    letters = [
+        ("received", {**base, "people": [_person(r) for r in pending]}, pending),
+        (
+            "incomplete",
+            {
                 **base,
                 "people": [{**_person(r), "missing": list(r.missing)} for r in incomplete],
             },
-            **thread,
-        )
-    if pending and settings.service.support_address:
-        outbox.enqueue(
-            session,
-            settings,
-            kind="support_notice",
-            to=[str(settings.service.support_address)],
-            context={
-                "requests": [
-                    {
-                        **_person(r),
-                        "id": r.id,
-                        "flags": list(r.flags),
-                        "requester_email": r.requester_email,
-                    }
-                    for r in pending
-                ],
-                "console_url": settings.service.base_url,
-            },
-            cause=thread["cause"],
-        )
+            incomplete,
+        ),
+    ]
+    for kind, context, concerned in letters:
+        if not concerned or not _may_answer(session, settings, row, message.from_address, kind):
+            continue
+        try:
+            letter = outbox.enqueue(
+                session, settings, kind=kind, to=[message.from_address], context=context, **thread
+            )
+        except outbox.InvalidRecipient as exc:
+            _note(session, row, f"{kind} answer not sent: {exc}")
+            continue
+        policy.record_auto_reply(session, message.from_address, letter.id)
+
+
+def _may_answer(
+    session: Session, settings: Settings, row: InboundMessage, address: str, kind: str
+) -> bool:
+    """Whether ``address`` may get an automatic answer now; if not, say why on the message."""
+    bounce = bounced(session, address)
+    if bounce is not None:
+        _note(session, row, f"{kind} answer not sent: {address} bounced ({bounce.last_reason})")
+        return False
+    capped = policy.reply_cap(session, settings.intake, address)
+    if capped is not None:
+        _note(session, row, f"{kind} answer suppressed: {capped.reason}")
+        log.warning("message %s: %s answer suppressed: %s", row.id, kind, capped.reason)
+        return False
+    return True
+
+
+def _tell_support(
+    session: Session, settings: Settings, pending: list[AccessRequest], row: InboundMessage
+) -> None:
+    if not pending or not settings.service.support_address:
+        return
+    outbox.enqueue(
+        session,
+        settings,
+        kind="support_notice",
+        to=[str(settings.service.support_address)],
+        context={
+            "requests": [
+                {
+                    **_person(r),
+                    "id": r.id,
+                    "flags": list(r.flags),
+                    "requester_email": r.requester_email,
+                }
+                for r in pending
+            ],
+            "console_url": settings.service.base_url,
+        },
+        cause=f"message:{row.id}",
+    )
+
+
+def _one_line(value: str | None) -> str | None:
+    return (single_line(value) or None) if value is not None else None
 
 
 def _person(request: AccessRequest) -> dict[str, str]:
@@ -228,3 +370,10 @@ def _decided(session: Session, row: InboundMessage, outcome: str, reason: str) -
         f": {reason}" if reason else "",
     )
     return row
+
+
+def _note(session: Session, row: InboundMessage, note: str) -> None:
+    """Add what happened after the decision (an answer suppressed...) to the message's reason."""
+    row.reason = "; ".join(part for part in (row.reason, note) if part)
+    session.flush()
+    log.info("message %s: %s", row.id, note)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from config.settings import ConfigError, load_settings
 from portaria.errors import PortariaError
@@ -19,7 +20,9 @@ from portaria.wiring import Service, open_service
 # Piped or captured output is read by scripts and people's pagers: tables there
 # must not be cut at 80 columns, so only a real terminal sets the width.
 _WIDTH = None if sys.stdout.isatty() else 200
-out = Console(highlight=False, width=_WIDTH)
+# Text from strangers' emails lands in tables; markup on output would let an
+# area like "Financeiro [/]" crash a listing or smuggle a link into the terminal.
+out = Console(highlight=False, width=_WIDTH, markup=False)
 err = Console(stderr=True, highlight=False, width=_WIDTH)
 
 ConfigOption = Annotated[
@@ -47,11 +50,12 @@ def friendly(command: F) -> F:
             return command(*args, **kwargs)
         except ConfigError as exc:
             err.print(
-                f"[bold red]erro de configuração (configuration error):[/] {exc}", soft_wrap=True
+                f"[bold red]erro de configuração (configuration error):[/] {escape(str(exc))}",
+                soft_wrap=True,
             )
             raise typer.Exit(2) from None
         except PortariaError as exc:
-            err.print(f"[bold red]erro (error):[/] {exc}", soft_wrap=True)
+            err.print(f"[bold red]erro (error):[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(1) from None
         except OverflowError:
             # Only an id past the database's 64-bit integers gets here.

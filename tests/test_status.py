@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from config.settings import Settings
 from engine.models import Rule, RuleRun
-from intake.health import failure_advice, record_poll_health
+from intake.health import failure_advice
 from intake.models import InboundMessage, MailboxState
 from intake.poller import poll_once
 from intake.sources import MailboxError, open_source
@@ -487,14 +487,10 @@ class TestAfterRealFaults:
         service = open_service(changed, migrate=True)
         with pytest.raises(MailboxError) as raised:
             poll_once(service.sessions, changed)
-        record_poll_health(
-            service.sessions,
-            changed,
-            identity(changed),
-            ok=False,
-            error=str(raised.value),
-            now=utcnow() - timedelta(minutes=40),
-        )
+        # The poller recorded the failure; age it past the alert threshold.
+        with service.transaction() as session:
+            state = session.get(MailboxState, identity(changed))
+            state.failing_since = utcnow() - timedelta(minutes=40)
 
         with service.sessions() as session:
             report = read_status(session, changed, now=utcnow())

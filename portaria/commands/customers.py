@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -68,7 +69,7 @@ def customers_import(
         hidden = len(exc.problems) - SHOWN_PROBLEMS
         if hidden > 0:
             err.print(f"... e mais {hidden} problema(s) (and {hidden} more)", soft_wrap=True)
-        err.print(f"[bold red]erro (error):[/] {exc}", soft_wrap=True)
+        err.print(f"[bold red]erro (error):[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     out.print(
         f"{report.rows} linha(s) lida(s) (rows read): {report.created} cliente(s) criado(s) "
