@@ -181,10 +181,19 @@ class Rule(Base):
 
 
 class RuleRun(Base):
-    """One run of a rule: when, how many matched, what was done, what failed."""
+    """One run of a rule: when, how many matched, what was done, what failed.
+
+    ``heartbeat_at`` is the lease of the process doing the run: written when
+    the run is claimed, renewed (compare-and-set) after every batch. A run
+    whose heartbeat is older than ``engine.run_lease_minutes`` belongs to a
+    process that died, and may be claimed and finished by another.
+    """
 
     __tablename__ = "rule_runs"
-    __table_args__ = (Index("ix_rule_runs_rule_started", "rule_id", "started_at"),)
+    __table_args__ = (
+        Index("ix_rule_runs_rule_started", "rule_id", "started_at"),
+        Index("ix_rule_runs_status_heartbeat", "status", "heartbeat_at"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     rule_id: Mapped[int] = mapped_column(ForeignKey("rules.id", ondelete="CASCADE"))
@@ -192,6 +201,8 @@ class RuleRun(Base):
     scheduled_for: Mapped[datetime | None]
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # Kept apart from started_at, which stays the run's start and fixes its "today".
+    heartbeat_at: Mapped[datetime | None]
     status: Mapped[str] = mapped_column(String(10), default="running")  # running|ok|partial|failed
     matched: Mapped[int] = mapped_column(default=0)
     actions_done: Mapped[int] = mapped_column(default=0)

@@ -16,14 +16,21 @@ and acts on each of them. This module owns:
   it in the outbox for the contact, the owner or fixed addresses, at most once
   per recipient per run, at most ``engine.email_cap_per_recipient_per_day``
   per recipient per day across rules (the ``RuleEmail`` ledger), never to an
-  unsubscribed address;
+  unsubscribed address. Each recipient's copy carries its own one-click
+  unsubscribe link (``engine.unsubscribe``) and, when the card has an active
+  owner, a Reply-To of that owner, so answers reach a person and not the
+  access-request mailbox;
 * :func:`preview`: who matches and what each action would do, changing nothing;
 * runs: :func:`run_rule` records a ``RuleRun`` (start, end, matched, actions
   done, per-customer errors). Customers are handled in batches, each batch in
   a transaction; when something in a batch fails, the batch is redone one
   customer per savepoint, so one customer's failure is recorded and the run
   goes on. Every action is idempotent, so a run interrupted by a crash can be
-  resumed (:func:`resume_run`) without doing anything twice;
+  resumed (:func:`resume_run`) without doing anything twice. A run is held by
+  one process at a time through its heartbeat (``RuleRun.heartbeat_at``):
+  whoever claims a run writes it, every batch renews it by compare-and-set and
+  stops when another process has taken the run over, and only a run whose
+  heartbeat is older than ``engine.run_lease_minutes`` may be claimed again;
 * files: rules import from and export to TOML or YAML (playbooks and
   templates referenced by name)::
 
@@ -68,9 +75,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from email.utils import formataddr
 from pathlib import Path
+from time import monotonic
 from typing import Any
-from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import func, select, update
@@ -117,7 +125,9 @@ from engine.models import (
 )
 from engine.playbooks import get_playbook, load_playbook_many
 from engine.templating import RenderedEmail, email_context, get_template, render_email
+from engine.unsubscribe import ONE_CLICK, UnsubscribeLinks, unsubscribe_links
 from portaria.db import transaction, utcnow
+from portaria.letters import single_line
 from portaria.outbox import InvalidRecipient, check_recipient, new_message_id, threading_headers
 from portaria.outbox_models import OutboxMessage
 from provisioning.models import User
@@ -291,12 +301,32 @@ def disable_rule(session: Session, rule: int | str | Rule, *, now: datetime | No
     return set_rule_active(session, rule, False, now=now)
 
 
-def remove_rule(session: Session, rule: int | str | Rule) -> None:
-    """Delete a rule and its run history; loads it made keep their tasks."""
+@dataclass(frozen=True)
+class RemovedRule:
+    """What :func:`remove_rule` deleted, for the person who asked."""
+
+    id: int
+    name: str
+    runs: int
+    loads: int
+
+
+def remove_rule(session: Session, rule: int | str | Rule) -> RemovedRule:
+    """Delete a rule and its run history (runs and their email ledger).
+
+    Playbook loads it made, and their tasks, stay on the cards (no longer linked
+    to a rule); emails already queued are still sent.
+    """
     found = get_rule(session, rule)
+    runs = session.scalar(select(func.count(RuleRun.id)).where(RuleRun.rule_id == found.id))
+    loads = session.scalar(
+        select(func.count(PlaybookLoad.id)).where(PlaybookLoad.rule_id == found.id)
+    )
+    removed = RemovedRule(id=found.id, name=found.name, runs=runs or 0, loads=loads or 0)
     session.delete(found)
     session.flush()
-    log.info("rule %s removed: %s", found.id, found.name)
+    log.info("rule %s removed: %s, with %s run(s)", removed.id, removed.name, removed.runs)
+    return removed
 
 
 def rule_history(session: Session, rule: int | str | Rule, *, limit: int = 20) -> list[RuleRun]:
@@ -803,6 +833,13 @@ class _Context:
     calendar: BusinessCalendar | None = None
     owners: dict[str, Owner] | None = None
     specs: dict[str, CustomerField] | None = None
+    links: UnsubscribeLinks | None = None
+
+    def unsubscribe_links(self) -> UnsubscribeLinks:
+        """The link signer, made once: it reads the secret key (and may refuse)."""
+        if self.links is None:
+            self.links = unsubscribe_links(self.settings)
+        return self.links
 
     def owner_map(self, session: Session) -> dict[str, Owner]:
         if self.owners is None:
@@ -967,12 +1004,48 @@ class PlannedEmail:
 
 @dataclass
 class EmailOutcome:
-    """A customer's email in a preview: recipients, the rendered letter or the problem."""
+    """A customer's email in a preview: recipients, the rendered letter or the problem.
+
+    Nothing is rendered when no recipient would get it, as in a run.
+    """
 
     template: str
     recipients: list[PlannedEmail]
     rendered: RenderedEmail | None = None
     problem: str | None = None
+    reply_to: str | None = None
+
+    @property
+    def sending(self) -> list[str]:
+        return [p.to for p in self.recipients if p.skipped is None]
+
+
+@dataclass(frozen=True)
+class CardOwner:
+    """The owner of a card as a rule email needs it: where replies go."""
+
+    email: str
+    name: str
+    active: bool
+
+
+def reply_to_owner(owner: CardOwner | None) -> str | None:
+    """A Reply-To header value for the card's owner, or None.
+
+    None without an owner, for an inactive one (nobody reads that mailbox),
+    and for an address that is not exactly one ASCII addr-spec: it goes into a
+    header, so a line break or an odd address must never get there.
+    """
+    if owner is None or not owner.active:
+        return None
+    try:
+        address = check_recipient(owner.email)
+    except InvalidRecipient:
+        return None
+    if not address.isascii():
+        return None
+    # formataddr quotes the name and encodes it (RFC 2047) when it is not ASCII.
+    return formataddr((single_line(owner.name), address))
 
 
 class EmailAction:
@@ -1000,36 +1073,44 @@ class EmailAction:
             found.append((item, address.strip().lower() if address else None))
         return found
 
-    def render(self, session: Session, context: _Context, customer: Customer) -> RenderedEmail:
+    def variables(self, session: Session, context: _Context, customer: Customer) -> dict[str, Any]:
+        """The customer's template variables, without a recipient's unsubscribe link."""
         playbook = next(
             (a["playbook"] for a in context.rule.actions if a.get("kind") == "playbook"), None
         )
-        variables = email_context(
-            session,
-            customer,
-            today=context.today,
-            rule=context.rule,
-            playbook_name=playbook,
-            unsubscribe=unsubscribe_link(context.settings),
+        return email_context(
+            session, customer, today=context.today, rule=context.rule, playbook_name=playbook
         )
-        return render_email(self.template, variables)
+
+    def render(
+        self, context: _Context, variables: Mapping[str, Any], address: str
+    ) -> tuple[RenderedEmail, str]:
+        """The letter as ``address`` gets it, with the link only that address can use."""
+        link = context.unsubscribe_links().url(address)
+        letter = render_email(
+            self.template, {**variables, "unsubscribe_url": link, "unsubscribe": link}
+        )
+        return letter, link
 
     def apply(
         self, session: Session, context: _Context, customers: Sequence[Customer]
     ) -> set[int]:
-        owners = _owner_emails(session, customers)
+        owners = _card_owners(session, customers)
         mailed: set[int] = set()
         for customer in customers:
+            owner = owners.get(customer.owner_id)
             wanted = []
-            for _, address in self.addresses(customer, owners.get(customer.owner_id)):
+            for _, address in self.addresses(customer, owner.email if owner else None):
                 if address is None or address in wanted:
                     continue
                 if context.ledger.refusal(session, address) is None:
                     wanted.append(address)
             if not wanted:
                 continue
-            letter = self.render(session, context, customer)
+            variables = self.variables(session, context, customer)
+            reply_to = reply_to_owner(owner)
             for address in wanted:
+                letter, link = self.render(context, variables, address)
                 row = enqueue_rule_email(
                     session,
                     context.settings,
@@ -1037,6 +1118,8 @@ class EmailAction:
                     to=address,
                     cause=f"rule:{context.rule.id}:run:{context.run_id}:customer:{customer.id}",
                     now=context.now,
+                    unsubscribe_url=link,
+                    reply_to=reply_to,
                 )
                 session.add(
                     RuleEmail(
@@ -1054,10 +1137,11 @@ class EmailAction:
         return mailed
 
     def preview(
-        self, session: Session, context: _Context, customer: Customer, owner_email: str | None
+        self, session: Session, context: _Context, customer: Customer, owner: CardOwner | None
     ) -> EmailOutcome:
+        """Who would get the email and, for the first of them, the letter itself."""
         outcome = EmailOutcome(template=self.template.name, recipients=[])
-        for item, address in self.addresses(customer, owner_email):
+        for item, address in self.addresses(customer, owner.email if owner else None):
             if address is None:
                 missing = "sem e-mail de contato" if item == "contact" else "sem responsável"
                 outcome.recipients.append(PlannedEmail(to=item, skipped=f"{missing} (no address)"))
@@ -1068,8 +1152,12 @@ class EmailAction:
             outcome.recipients.append(PlannedEmail(to=address, skipped=reason))
             if reason is None:
                 context.ledger.record(address)
+        if not outcome.sending:
+            return outcome
+        outcome.reply_to = reply_to_owner(owner)
         try:
-            outcome.rendered = self.render(session, context, customer)
+            variables = self.variables(session, context, customer)
+            outcome.rendered, _ = self.render(context, variables, outcome.sending[0])
         except EmailRenderError as exc:
             outcome.problem = str(exc)
         return outcome
@@ -1114,12 +1202,17 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
-def _owner_emails(session: Session, customers: Iterable[Customer]) -> dict[int | None, str]:
+def _card_owners(session: Session, customers: Iterable[Customer]) -> dict[int | None, CardOwner]:
     ids = {c.owner_id for c in customers if c.owner_id is not None}
     if not ids:
         return {}
-    rows = session.execute(select(User.id, User.email).where(User.id.in_(ids)))
-    return {user_id: email for user_id, email in rows}
+    rows = session.execute(
+        select(User.id, User.email, User.name, User.active).where(User.id.in_(ids))
+    )
+    return {
+        user_id: CardOwner(email=email, name=name, active=active)
+        for user_id, email, name, active in rows
+    }
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
@@ -1130,12 +1223,6 @@ def _chunks(items: Sequence[int], size: int) -> Iterable[Sequence[int]]:
 # Outbox ----------------------------------------------------------------------------------
 
 
-def unsubscribe_link(settings: Settings) -> str:
-    """Where a recipient asks to stop rule emails: a reply to our address."""
-    sender = str(settings.outbound.from_address)
-    return f"mailto:{sender}?subject={quote('unsubscribe')}"
-
-
 def enqueue_rule_email(
     session: Session,
     settings: Settings,
@@ -1144,19 +1231,26 @@ def enqueue_rule_email(
     to: str,
     cause: str,
     now: datetime,
+    unsubscribe_url: str,
+    reply_to: str | None = None,
 ) -> OutboxMessage:
     """Queue an already rendered email for one recipient, as ``portaria.outbox`` would.
 
     The outbox composes only its file templates, so rule emails are written
     here with the same headers (stable Message-ID, Auto-Submitted, the loop
-    marker) plus List-Unsubscribe (RFC 2369), which every rule email carries.
+    marker) plus the recipient's one-click unsubscribe (List-Unsubscribe,
+    RFC 2369, as an HTTPS link a mail client may POST to, RFC 8058) and, when
+    given, Reply-To (see :func:`reply_to_owner`).
     """
     recipient = check_recipient(to)
     sender = str(settings.outbound.from_address)
     headers = threading_headers(None, ())
     headers["X-Portaria-Loop"] = sender
     headers["X-Auto-Response-Suppress"] = "OOF, AutoReply"
-    headers["List-Unsubscribe"] = f"<{unsubscribe_link(settings)}>"
+    headers["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    headers["List-Unsubscribe-Post"] = ONE_CLICK
+    if reply_to is not None:
+        headers["Reply-To"] = reply_to
     row = OutboxMessage(
         message_id=new_message_id(sender),
         kind=OUTBOX_KIND,
@@ -1180,14 +1274,29 @@ def enqueue_rule_email(
 
 
 def unsubscribe(session: Session, email: str, *, source: str = "link") -> bool:
-    """Stop rule emails to ``email``; False when it was already unsubscribed."""
+    """Stop rule emails to ``email``; False when it was already unsubscribed.
+
+    Idempotent: asking again changes nothing, not even the date of the first.
+    """
     address = email.strip().lower()
     if session.get(Unsubscribe, address) is not None:
         return False
     session.add(Unsubscribe(email=address, source=source[:60]))
     session.flush()
+    # The address stays out of the log: it is personal data and the row has it.
     log.info("unsubscribe recorded for an address, source %s", source)
     return True
+
+
+def is_unsubscribed(session: Session, email: str) -> bool:
+    return session.get(Unsubscribe, email.strip().lower()) is not None
+
+
+def unsubscribed_addresses(session: Session) -> list[Unsubscribe]:
+    """Every address that gets no rule email, the most recent first."""
+    return list(
+        session.scalars(select(Unsubscribe).order_by(Unsubscribe.at.desc(), Unsubscribe.email))
+    )
 
 
 # Preview ---------------------------------------------------------------------------------
@@ -1273,7 +1382,7 @@ def preview(
                 select(Customer.id, Customer.code, Customer.name).where(Customer.id.in_(chunk))
             )
             customers = [Customer(id=i, code=c, name=n) for i, c, n in rows]
-        owners = _owner_emails(session, customers) if needs_cards else {}
+        owners = _card_owners(session, customers) if needs_cards else {}
         for customer in customers:
             entry = CustomerPreview(customer.id, customer.code, customer.name)
             for action in actions:
@@ -1288,7 +1397,7 @@ def preview(
                         session, context, customer, owners.get(customer.owner_id)
                     )
                     entry.emails.append(outcome)
-                    sending = [p.to for p in outcome.recipients if p.skipped is None]
+                    sending = outcome.sending
                     entry.actions.append(
                         f"e-mail {action.template.name!r}: "
                         + (f"para (to) {', '.join(sending)}" if sending else "ninguém (nobody)")
@@ -1342,7 +1451,13 @@ def run_rule(
     else:
         with transaction(sessions) as session:
             found = get_rule(session, rule_id)
-            run = RuleRun(rule_id=found.id, trigger="manual", started_at=now, status="running")
+            run = RuleRun(
+                rule_id=found.id,
+                trigger="manual",
+                started_at=now,
+                heartbeat_at=now,
+                status="running",
+            )
             session.add(run)
             found.last_run_at = now
             session.flush()
@@ -1379,6 +1494,7 @@ def claim_due_run(sessions: sessionmaker[Session], rule_id: int, *, now: datetim
             trigger="schedule",
             scheduled_for=slot,
             started_at=now,
+            heartbeat_at=now,
             status="running",
         )
         session.add(run)
@@ -1393,27 +1509,120 @@ def claim_due_run(sessions: sessionmaker[Session], rule_id: int, *, now: datetim
         return run.id
 
 
-def interrupted_run_ids(session: Session) -> list[int]:
-    """Runs recorded as started and never finished: the process stopped during them."""
+def stale_run_ids(session: Session, *, now: datetime, lease: timedelta) -> list[int]:
+    """Runs never finished whose heartbeat is older than ``lease``: their process died.
+
+    A run still being done (a scheduled run elsewhere, a manual ``rules run``)
+    renews its heartbeat after every batch, so it is not listed.
+    """
+    beat = func.coalesce(RuleRun.heartbeat_at, RuleRun.started_at)
     return list(
-        session.scalars(select(RuleRun.id).where(RuleRun.status == "running").order_by(RuleRun.id))
+        session.scalars(
+            select(RuleRun.id)
+            .where(
+                RuleRun.status == "running",
+                RuleRun.finished_at.is_(None),
+                beat < now - lease,
+            )
+            .order_by(RuleRun.id)
+        )
     )
 
 
+def claim_stale_run(
+    sessions: sessionmaker[Session], run_id: int, *, now: datetime, lease: timedelta
+) -> bool:
+    """Take over an abandoned run: its heartbeat becomes ``now`` if it is still stale.
+
+    One UPDATE both checks and writes, so of two processes claiming at once
+    only one changes the row; the other finds a fresh heartbeat and gets False.
+    """
+    beat = func.coalesce(RuleRun.heartbeat_at, RuleRun.started_at)
+    with transaction(sessions) as session:
+        won = session.execute(
+            update(RuleRun)
+            .where(
+                RuleRun.id == run_id,
+                RuleRun.status == "running",
+                RuleRun.finished_at.is_(None),
+                beat < now - lease,
+            )
+            .values(heartbeat_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    if won != 1:
+        log.info("run %s: not stale or taken by another process; left alone", run_id)
+    return won == 1
+
+
 def resume_run(
-    sessions: sessionmaker[Session], settings: Settings, run_id: int, *, now: datetime
-) -> RuleRun:
-    """Finish an interrupted run; customers it already handled are skipped by idempotency."""
-    log.info("run %s: resuming an interrupted run", run_id)
+    sessions: sessionmaker[Session],
+    settings: Settings,
+    run_id: int,
+    *,
+    now: datetime,
+    lease: timedelta | None = None,
+) -> RuleRun | None:
+    """Finish an abandoned run, if it can be claimed; None when it is not ours to finish.
+
+    Customers it already handled are skipped by the actions' idempotency.
+    """
+    lease = lease or timedelta(minutes=settings.engine.run_lease_minutes)
+    if not claim_stale_run(sessions, run_id, now=now, lease=lease):
+        return None
+    log.info("run %s: resuming a run its process left unfinished", run_id)
     return execute_run(sessions, settings, run_id, now=now)
+
+
+class RunLease:
+    """This process's hold on a run: the heartbeat value it wrote last.
+
+    The heartbeat moves on with the run's own clock (its ``now`` plus the time
+    elapsed), so a run driven by a simulated clock stays on that clock.
+    """
+
+    def __init__(self, run_id: int, now: datetime) -> None:
+        self.run_id = run_id
+        self.origin = now
+        self.value = now
+        self._started = monotonic()
+
+    def renew(self, session: Session) -> bool:
+        """Write a fresh heartbeat if the run is still ours; False once another took it."""
+        fresh = self.origin + timedelta(seconds=monotonic() - self._started)
+        won = session.execute(
+            update(RuleRun)
+            .where(
+                RuleRun.id == self.run_id,
+                RuleRun.heartbeat_at == self.value,
+                RuleRun.finished_at.is_(None),
+            )
+            .values(heartbeat_at=fresh)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if won == 1:
+            self.value = fresh
+        return won == 1
+
+
+class _LeaseLost(Exception):
+    """Another process took the run over; this one must write nothing more."""
 
 
 def execute_run(
     sessions: sessionmaker[Session], settings: Settings, run_id: int, *, now: datetime
 ) -> RuleRun:
-    """Do a recorded run: match, act in batches, record the outcome. See the module docstring."""
+    """Do a recorded run: match, act in batches, record the outcome. See the module docstring.
+
+    Call it with the ``now`` that claimed the run (wrote its heartbeat): that
+    value is the lease. Each batch renews the lease in its own transaction,
+    and a batch whose lease was taken over by another process is rolled back
+    and the run left to that process.
+    """
+    lease = RunLease(run_id, now)
     failure: str | None = None
     ids: list[int] = []
+    links: UnsubscribeLinks | None = None
     with sessions() as session:
         run = session.get_one(RuleRun, run_id)
         rule = session.get_one(Rule, run.rule_id)
@@ -1425,10 +1634,15 @@ def execute_run(
             _raise_problems(rule.name, _current_problems(session, rule))
             clause = condition_clause(session, rule.conditions, match=rule.match, today=today)
             ids = list(session.scalars(select(Customer.id).where(clause).order_by(Customer.id)))
+            links = (
+                unsubscribe_links(settings)
+                if any(a.get("kind") == "email" for a in rule.actions)
+                else None
+            )
         except EngineError as exc:
             failure = str(exc)
     if failure is not None:
-        return _finish(sessions, run_id, rule.id, matched=0, tally=_Tally(), failure=failure)
+        return _finish(sessions, lease, rule.id, matched=0, tally=_Tally(), failure=failure)
     log.info("rule %s run %s: %s customer(s) matched on %s", rule.id, run_id, len(ids), today)
 
     tally = _Tally(actions_done=prior_done)
@@ -1445,17 +1659,34 @@ def execute_run(
                 today=today,
                 run_id=run_id,
             ),
+            links=links,
         )
         actions = _actions(session, context.rule)
-    for chunk in _chunks(ids, BATCH_SIZE):
-        with transaction(sessions) as session:
-            context.rule = session.get_one(Rule, rule.id)
-            _act_on_batch(session, context, actions, chunk, tally)
-            progress = session.get_one(RuleRun, run_id)
-            progress.matched = len(ids)
-            progress.actions_done = tally.actions_done
-            progress.errors = list(tally.errors)
-    return _finish(sessions, run_id, rule.id, matched=len(ids), tally=tally, failure=None)
+    try:
+        for chunk in _chunks(ids, BATCH_SIZE):
+            with transaction(sessions) as session:
+                if not lease.renew(session):
+                    raise _LeaseLost
+                context.rule = session.get_one(Rule, rule.id)
+                _act_on_batch(session, context, actions, chunk, tally)
+                progress = session.get_one(RuleRun, run_id)
+                progress.matched = len(ids)
+                progress.actions_done = tally.actions_done
+                progress.errors = list(tally.errors)
+    except _LeaseLost:
+        return _taken_over(sessions, run_id, rule.id)
+    return _finish(sessions, lease, rule.id, matched=len(ids), tally=tally, failure=None)
+
+
+def _taken_over(sessions: sessionmaker[Session], run_id: int, rule_id: int) -> RuleRun:
+    log.warning(
+        "rule %s run %s: taken over by another process (this one stalled past the lease); "
+        "stopping here",
+        rule_id,
+        run_id,
+    )
+    with sessions() as session:
+        return session.get_one(RuleRun, run_id)
 
 
 def _act_on_batch(
@@ -1521,31 +1752,35 @@ def _act(
 
 def _finish(
     sessions: sessionmaker[Session],
-    run_id: int,
+    lease: RunLease,
     rule_id: int,
     *,
     matched: int,
     tally: _Tally,
     failure: str | None,
 ) -> RuleRun:
+    run_id = lease.run_id
+    errors = list(tally.errors)
+    if failure is not None:
+        errors.insert(0, {"customer_id": None, "customer": None, "action": None, "error": failure})
+    failed_customers = {e["customer_id"] for e in tally.errors}
+    if failure is not None or (matched and len(failed_customers) >= matched):
+        status = "failed"
+    elif errors:
+        status = "partial"
+    else:
+        status = "ok"
     with transaction(sessions) as session:
-        run = session.get_one(RuleRun, run_id)
-        run.finished_at = utcnow()
-        run.matched = matched
-        run.actions_done = tally.actions_done
-        errors = list(tally.errors)
-        if failure is not None:
-            errors.insert(
-                0, {"customer_id": None, "customer": None, "action": None, "error": failure}
-            )
-        run.errors = errors
-        failed_customers = {e["customer_id"] for e in tally.errors}
-        if failure is not None or (matched and len(failed_customers) >= matched):
-            run.status = "failed"
-        elif errors:
-            run.status = "partial"
-        else:
-            run.status = "ok"
+        held = lease.renew(session)
+        if held:
+            run = session.get_one(RuleRun, run_id)
+            run.finished_at = utcnow()
+            run.matched = matched
+            run.actions_done = tally.actions_done
+            run.errors = errors
+            run.status = status
+    if not held:
+        return _taken_over(sessions, run_id, rule_id)
     if run.status == "failed":
         log.error(
             "rule %s run %s: failed: %s",

@@ -10,8 +10,16 @@ database, so a restart neither skips nor repeats anything:
   schedulers only one wins a slot;
 * a job (``SchedulerJob`` row by name) is due when its ``next_run_at`` has
   passed; it is claimed the same way, then run, then its result recorded;
-* runs recorded as started and never finished (the process died during them)
-  are resumed once when the scheduler starts; their actions are idempotent.
+* a run recorded as started and never finished is resumed only when its
+  heartbeat is older than ``engine.run_lease_minutes``: then the process doing
+  it died. A live run (this scheduler's, another scheduler's, or a manual
+  ``rules run`` in another process) renews its heartbeat after every batch.
+  Each tick looks for such runs; claiming one is a compare-and-set on its
+  heartbeat (``engine.rules.claim_stale_run``), so two schedulers never both
+  finish it, and its actions are idempotent.
+
+Every rule run done (or resumed) is handed to ``on_run``, so the command can
+print one line per run without turning on the whole log.
 
 The clock is injected (``now``), so tests play days forward in a few calls.
 A stop event, set by SIGTERM or SIGINT, is checked between steps: the current
@@ -37,8 +45,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
-from engine.models import SchedulerJob
-from engine.rules import claim_due_run, due_rule_ids, execute_run, interrupted_run_ids
+from engine.models import Rule, RuleRun, SchedulerJob
+from engine.rules import claim_due_run, due_rule_ids, execute_run, resume_run, stale_run_ids
 from portaria.db import transaction, utcnow
 from portaria.outbox import send_due
 
@@ -61,11 +69,30 @@ class Job:
 
 @dataclass
 class TickReport:
-    """What one tick did: rule runs (rule id, run id, status) and job results by name."""
+    """What one tick did: rule runs and resumed runs (rule id, run id, status), and job
+    results by name."""
 
     runs: list[tuple[int, int, str]] = field(default_factory=list)
+    resumed: list[tuple[int, int, str]] = field(default_factory=list)
     jobs: dict[str, str] = field(default_factory=dict)
     stopped: bool = False
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One rule run as it ended, for a person watching the scheduler."""
+
+    rule_id: int
+    rule_name: str
+    run_id: int
+    status: str
+    matched: int
+    actions_done: int
+    errors: int
+    resumed: bool = False
+
+
+RunObserver = Callable[[RunSummary], None]
 
 
 def outbox_job(
@@ -91,34 +118,26 @@ class Scheduler:
         jobs: Sequence[Job] = (),
         now: Clock = utcnow,
         stop: threading.Event | None = None,
+        on_run: RunObserver | None = None,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
         self.jobs = list(jobs)
         self.now = now
         self.stop = stop or threading.Event()
-        self._started = False
+        self.on_run = on_run
+        self.lease = timedelta(minutes=settings.engine.run_lease_minutes)
 
     def start(self) -> list[int]:
-        """Resume runs a previous process left unfinished; returns their ids."""
-        self._started = True
-        with self.sessions() as session:
-            unfinished = interrupted_run_ids(session)
-        for run_id in unfinished:
-            if self.stop.is_set():
-                break
-            log.info("run %s: left unfinished by an earlier process, resuming", run_id)
-            try:
-                execute_run(self.sessions, self.settings, run_id, now=self.now())
-            except Exception:  # the loop must survive; the run stays open for next start
-                log.exception("run %s: could not be resumed", run_id)
-        return unfinished
+        """Resume the runs whose process died (stale heartbeat); returns their ids."""
+        report = TickReport()
+        self._resume_stale(report)
+        return [run_id for _, run_id, _ in report.resumed]
 
     def tick(self) -> TickReport:
-        """One pass: every due rule (one run each), then every due job."""
-        if not self._started:
-            self.start()
+        """One pass: stale runs finished, every due rule (one run each), every due job."""
         report = TickReport()
+        self._resume_stale(report)
         now = self.now()
         with self.sessions() as session:
             due = due_rule_ids(session, now)
@@ -158,6 +177,24 @@ class Scheduler:
         except Exception:  # a database hiccup must not end a loop meant to run for months
             log.exception("scheduler: tick failed; trying again on the next one")
 
+    def _resume_stale(self, report: TickReport) -> None:
+        with self.sessions() as session:
+            stale = stale_run_ids(session, now=self.now(), lease=self.lease)
+        for run_id in stale:
+            if self.stop.is_set():
+                report.stopped = True
+                return
+            try:
+                run = resume_run(
+                    self.sessions, self.settings, run_id, now=self.now(), lease=self.lease
+                )
+            except Exception:  # the loop must survive; the run goes stale again and is retried
+                log.exception("run %s: could not be resumed", run_id)
+                continue
+            if run is not None:
+                report.resumed.append((run.rule_id, run.id, run.status))
+                self._tell(run, resumed=True)
+
     def _run_rule(self, rule_id: int, report: TickReport) -> None:
         now = self.now()
         try:
@@ -169,6 +206,27 @@ class Scheduler:
             log.exception("rule %s: scheduled run failed", rule_id)
             return
         report.runs.append((rule_id, run.id, run.status))
+        self._tell(run, resumed=False)
+
+    def _tell(self, run: RuleRun, *, resumed: bool) -> None:
+        if self.on_run is None:
+            return
+        with self.sessions() as session:
+            name = session.scalar(select(Rule.name).where(Rule.id == run.rule_id)) or "?"
+        summary = RunSummary(
+            rule_id=run.rule_id,
+            rule_name=name,
+            run_id=run.id,
+            status=run.status,
+            matched=run.matched,
+            actions_done=run.actions_done,
+            errors=len(run.errors or []),
+            resumed=resumed,
+        )
+        try:
+            self.on_run(summary)
+        except Exception:  # a closed terminal must not stop the rules
+            log.exception("rule %s run %s: could not report the run", run.rule_id, run.id)
 
     def _run_job(self, job: Job, report: TickReport) -> None:
         now = self.now()

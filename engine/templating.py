@@ -5,9 +5,10 @@ written by admins, so they are rendered in Jinja's immutable sandbox with
 ``StrictUndefined``. Saving (and previewing) a template refuses, with the part,
 the line and the name, anything that references an unknown variable or field,
 reads an underscore attribute, or uses the ``attr`` filter: the ways out of a
-sandbox start there. A trial render with sample values then catches what the
-static check cannot see. The HTML part is autoescaped; the subject is
-collapsed to one line so it can never start a new header.
+sandbox start there. Every such problem of the three parts is reported at once
+(:class:`EmailTemplateProblems`). A trial render with sample values then
+catches what the static check cannot see. The HTML part is autoescaped; the
+subject is collapsed to one line so it can never start a new header.
 
 Variables a template can use (also shown by ``portaria templates vars``):
 
@@ -29,8 +30,12 @@ Variables a template can use (also shown by ``portaria templates vars``):
     the rule sending the email: ``name``.
 ``today``
     today's date in the rule's time zone.
-``unsubscribe``
-    the ``mailto:`` link that stops rule emails to the recipient.
+``unsubscribe_url``
+    the one-click link that stops rule emails to this recipient (each recipient
+    gets their own). ``unsubscribe`` is the same link under its older name.
+    A part (text or HTML) that uses neither gets a short pt-BR/en footer with
+    the link, so no rule email goes out without one; write the link yourself
+    to choose its words and place.
 
 Filters beyond Jinja's own: ``date_br`` (``31/12/2025``) and ``money_br``
 (``R$ 1.234,56``). An empty value prints as nothing, not ``None``, and
@@ -46,11 +51,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from functools import lru_cache
 from types import TracebackType
 from typing import Any
 
 from jinja2 import (
     StrictUndefined,
+    Template,
     TemplateSyntaxError,
     Undefined,
     UndefinedError,
@@ -58,6 +65,7 @@ from jinja2 import (
     nodes,
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from markupsafe import escape
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -100,13 +108,43 @@ VARIABLES: dict[str, tuple[str, dict[str, str]]] = {
     ),
     "rule": ("Regra que envia o e-mail (the rule)", {"name": "nome"}),
     "today": ("Data de hoje no fuso da regra (today, rule's time zone)", {}),
-    "unsubscribe": ("Link mailto: para não receber mais (unsubscribe link)", {}),
+    "unsubscribe_url": (
+        "Link de descadastro deste destinatário (one-click unsubscribe link); "
+        "sem ele no modelo, um rodapé com o link é acrescentado",
+        {},
+    ),
+    "unsubscribe": ("O mesmo link, nome antigo (same link, older name)", {}),
 }
+# Either name in a part means the admin placed the link; else a footer carries it.
+UNSUBSCRIBE_NAMES = frozenset({"unsubscribe_url", "unsubscribe"})
+REFUSED = "modelo recusado (template refused)"
 CUSTOMER_DESCRIPTION = "O cartão do cliente (the customer card)"
 
 # Globals kept from Jinja's defaults: the others (cycler, joiner, lipsum, dict)
 # add nothing a template needs and only widen what a template can reach.
 _SAFE_GLOBALS = ("range", "namespace")
+
+
+class EmailTemplateProblems(EmailTemplateRefused):
+    """Every problem of a refused template at once; ``part``, ``line``, ``name`` are the first's.
+
+    One problem reads exactly as that problem; several are counted and joined.
+    """
+
+    def __init__(self, problems: list[EmailTemplateRefused]) -> None:
+        first = problems[0]
+        if len(problems) == 1:
+            message = str(first)
+        else:
+            details = "; ".join(problem_detail(p) for p in problems)
+            message = f"{REFUSED}, {len(problems)} problemas (problems): {details}"
+        super().__init__(message, part=first.part, line=first.line, name=first.name)
+        self.problems = list(problems)
+
+
+def problem_detail(problem: EmailTemplateRefused) -> str:
+    """``texto (text), linha 3: ...``: a refusal without its headline."""
+    return str(problem).removeprefix(f"{REFUSED}: ")
 
 
 @dataclass(frozen=True)
@@ -234,30 +272,48 @@ def allowed_fields(session: Session) -> dict[str, set[str]]:
 def check_template(
     session: Session, *, subject: str, body_text: str, body_html: str | None
 ) -> None:
-    """Refuse (EmailTemplateRefused) a template that cannot be rendered safely."""
+    """Refuse (EmailTemplateProblems) a template that cannot be rendered safely.
+
+    Every part is checked, and every problem found is reported. A part with a
+    static problem is not trial-rendered: its sample render would only fail
+    again on the same name, and unsafe code is not run even in the sandbox.
+    """
     fields = allowed_fields(session)
     parts = {"subject": subject, "text": body_text, "html": body_html}
+    problems: list[EmailTemplateRefused] = []
+    clean: list[str] = []
     for part, source in parts.items():
         if source is None:
             continue
-        tree = _parse(part, source)
-        _check_tree(part, tree, fields)
+        found = _part_problems(part, source, fields)
+        problems.extend(found)
+        if not found:
+            clean.append(part)
     sample = sample_context(session)
-    for part, source in parts.items():
-        if source is not None:
-            _render_part(part, source, sample, refusing=True)
+    for part in clean:
+        try:
+            _render_part(part, parts[part] or "", sample, refusing=True)
+        except EmailTemplateRefused as exc:
+            problems.append(exc)
+    if problems:
+        # Part by part, as a person reads the template; sort is stable, lines stay in order.
+        problems.sort(key=lambda problem: PARTS.index(problem.part))
+        raise EmailTemplateProblems(problems)
 
 
-def _parse(part: str, source: str) -> nodes.Template:
+def _part_problems(
+    part: str, source: str, fields: dict[str, set[str]]
+) -> list[EmailTemplateRefused]:
+    """What the static check finds in one part, in line order."""
     try:
-        return _environment_for(part).parse(source)
+        tree = _environment_for(part).parse(source)
     except TemplateSyntaxError as exc:
         reason = f"erro de sintaxe (syntax error): {exc.message}"
-        raise _refused(part, exc.lineno, None, reason) from None
+        return [_refused(part, exc.lineno, None, reason)]
+    # (line, kind, problem): kind keeps sandbox problems first within a line.
+    found: list[tuple[int, int, EmailTemplateRefused]] = []
 
-
-def _check_tree(part: str, tree: nodes.Template, fields: dict[str, set[str]]) -> None:
-    forbidden: list[tuple[int, int, str]] = []
+    innermost: dict[int, tuple[int, str]] = {}
     for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
         name = _accessed_name(node)
         if isinstance(node, nodes.Filter) and node.name == "attr":
@@ -265,24 +321,26 @@ def _check_tree(part: str, tree: nodes.Template, fields: dict[str, set[str]]) ->
         elif name is None or not name.startswith("_"):
             continue
         # The walk meets ''.__class__.__mro__ from the outside in; a person reads
-        # it from the inside out, so report the innermost access of the first line.
-        forbidden.append((node.lineno, _depth(node), name))
-    if forbidden:
-        line, _, name = min(forbidden)
+        # it from the inside out, so report the innermost access of each line.
+        candidate = (_depth(node), name)
+        innermost[node.lineno] = min(innermost.get(node.lineno, candidate), candidate)
+    for line, (_, name) in innermost.items():
         reason = (
             "filtro attr não é permitido (not allowed)"
             if name == "attr"
             else f"acesso proibido pelo sandbox (sandbox): {name!r}"
         )
-        raise _refused(part, line, name, reason)
+        found.append((line, 0, _refused(part, line, name, reason)))
 
     known = set(fields) - {"custom"} | set(_SAFE_GLOBALS)
-    for name in sorted(meta.find_undeclared_variables(tree) - known):
-        line = next(
-            (n.lineno for n in tree.find_all(nodes.Name) if n.name == name and n.ctx == "load"),
-            None,
-        )
-        raise _refused(part, line, name, f"variável desconhecida (unknown variable): {name!r}")
+    unknown = meta.find_undeclared_variables(tree) - known
+    seen: set[tuple[int, str]] = set()
+    for node in tree.find_all(nodes.Name):
+        if node.name not in unknown or node.ctx != "load" or (node.lineno, node.name) in seen:
+            continue
+        seen.add((node.lineno, node.name))
+        reason = f"variável desconhecida (unknown variable): {node.name!r}"
+        found.append((node.lineno, 1, _refused(part, node.lineno, node.name, reason)))
 
     declared = _declared_names(tree)
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
@@ -293,23 +351,21 @@ def _check_tree(part: str, tree: nodes.Template, fields: dict[str, set[str]]) ->
         if variable not in fields or variable == "today":
             continue
         if attribute not in fields[variable]:
-            raise _refused(
-                part,
-                node.lineno,
-                f"{variable}.{attribute}",
-                f"campo desconhecido (unknown field): {variable}.{attribute}",
-            )
-        if (
+            name = f"{variable}.{attribute}"
+            reason = f"campo desconhecido (unknown field): {name}"
+        elif (
             path[:2] == ("customer", "custom")
             and len(path) > 2
             and path[2] not in fields["custom"]
         ):
-            raise _refused(
-                part,
-                node.lineno,
-                f"customer.custom.{path[2]}",
-                f"campo personalizado desconhecido (unknown custom field): {path[2]}",
-            )
+            name = f"customer.custom.{path[2]}"
+            reason = f"campo personalizado desconhecido (unknown custom field): {path[2]}"
+        else:
+            continue
+        if (node.lineno, name) not in seen:
+            seen.add((node.lineno, name))
+            found.append((node.lineno, 2, _refused(part, node.lineno, name, reason)))
+    return [problem for _, _, problem in sorted(found, key=lambda f: (f[0], f[1]))]
 
 
 def _depth(node: nodes.Node) -> int:
@@ -351,9 +407,7 @@ def _declared_names(tree: nodes.Template) -> set[str]:
 
 def _refused(part: str, line: int | None, name: str | None, reason: str) -> EmailTemplateRefused:
     where = PART_LABELS[part] + (f", linha {line}" if line else "")
-    return EmailTemplateRefused(
-        f"modelo recusado (template refused): {where}: {reason}", part=part, line=line, name=name
-    )
+    return EmailTemplateRefused(f"{REFUSED}: {where}: {reason}", part=part, line=line, name=name)
 
 
 def _template_line(traceback: TracebackType | None) -> int | None:
@@ -366,9 +420,25 @@ def _template_line(traceback: TracebackType | None) -> int | None:
     return line
 
 
+@lru_cache(maxsize=64)
+def _compiled(part: str, source: str) -> Template:
+    # A run renders one template for thousands of recipients: compile it once.
+    return _environment_for(part).from_string(source)
+
+
+@lru_cache(maxsize=64)
+def _places_unsubscribe(part: str, source: str) -> bool:
+    """Whether the part itself shows the unsubscribe link (then it gets no footer)."""
+    try:
+        tree = _environment_for(part).parse(source)
+    except TemplateSyntaxError:
+        return False
+    return bool(meta.find_undeclared_variables(tree) & UNSUBSCRIBE_NAMES)
+
+
 def _render_part(part: str, source: str, context: Mapping[str, Any], *, refusing: bool) -> str:
     try:
-        return _environment_for(part).from_string(source).render(context)
+        return _compiled(part, source).render(context)
     except SecurityError as exc:
         line = _template_line(exc.__traceback__)
         raise _refused(part, line, None, f"bloqueado pelo sandbox (sandbox): {exc}") from None
@@ -391,15 +461,44 @@ def _render_part(part: str, source: str, context: Mapping[str, Any], *, refusing
 
 
 def render_email(template: EmailTemplate, context: Mapping[str, Any]) -> RenderedEmail:
-    """The template rendered with ``context``; EmailRenderError names the part and line."""
+    """The template rendered with ``context``; EmailRenderError names the part and line.
+
+    With an ``unsubscribe_url`` in the context, a text or HTML part that does
+    not show the link itself gets the unsubscribe footer.
+    """
+    link = str(context.get("unsubscribe_url") or "")
     subject = single_line(_render_part("subject", template.subject, context, refusing=False))
     text = _render_part("text", template.body_text, context, refusing=False)
-    html = (
-        _render_part("html", template.body_html, context, refusing=False)
-        if template.body_html
-        else None
-    )
+    if link and not _places_unsubscribe("text", template.body_text):
+        text = text_with_footer(text, link)
+    html = None
+    if template.body_html:
+        html = _render_part("html", template.body_html, context, refusing=False)
+        if link and not _places_unsubscribe("html", template.body_html):
+            html = html_with_footer(html, link)
     return RenderedEmail(subject=subject, text=text, html=html)
+
+
+def text_with_footer(text: str, link: str) -> str:
+    """The text part ending with the unsubscribe link, after a signature separator."""
+    body = text.rstrip("\n")
+    return f"{body}\n\n-- \nPara não receber mais estes e-mails (to stop these emails):\n{link}\n"
+
+
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+
+
+def html_with_footer(html: str, link: str) -> str:
+    """The HTML part with an escaped unsubscribe paragraph, before ``</body>`` if any."""
+    footer = (
+        '<p style="font-size:small;color:#666">Para não receber mais estes e-mails '
+        f'(to stop these emails): <a href="{escape(link)}">descadastrar (unsubscribe)</a></p>'
+    )
+    ends = list(_BODY_END.finditer(html))
+    if not ends:
+        return f"{html.rstrip()}\n{footer}\n"
+    cut = ends[-1].start()
+    return f"{html[:cut]}{footer}\n{html[cut:]}"
 
 
 def customer_record(customer: Customer, owner: User | None) -> Record:
@@ -420,9 +519,13 @@ def email_context(
     today: date,
     rule: Rule | None = None,
     playbook_name: str | None = None,
-    unsubscribe: str = "",
+    unsubscribe_url: str = "",
 ) -> dict[str, Any]:
-    """The variables of one customer's email (see the module docstring)."""
+    """The variables of one customer's email (see the module docstring).
+
+    ``unsubscribe_url`` belongs to one recipient: a caller mailing several
+    addresses replaces it for each (see ``engine.rules.EmailAction``).
+    """
     owner = session.get(User, customer.owner_id) if customer.owner_id else None
     task = session.scalar(
         select(Task)
@@ -457,8 +560,12 @@ def email_context(
         ),
         "rule": Record("rule", {"name": rule.name if rule is not None else ""}),
         "today": today,
-        "unsubscribe": unsubscribe,
+        "unsubscribe_url": unsubscribe_url,
+        "unsubscribe": unsubscribe_url,
     }
+
+
+SAMPLE_UNSUBSCRIBE_URL = "https://portaria.exemplo.com.br/unsubscribe/EXEMPLO"
 
 
 def sample_context(session: Session) -> dict[str, Any]:
@@ -492,7 +599,8 @@ def sample_context(session: Session) -> dict[str, Any]:
         "playbook": Record("playbook", {"name": "Onboarding"}),
         "rule": Record("rule", {"name": "Regra de exemplo"}),
         "today": today,
-        "unsubscribe": "mailto:portaria@exemplo.com.br?subject=unsubscribe",
+        "unsubscribe_url": SAMPLE_UNSUBSCRIBE_URL,
+        "unsubscribe": SAMPLE_UNSUBSCRIBE_URL,
     }
 
 

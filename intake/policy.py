@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from config.settings import MIB, IntakeSettings
 from intake.models import AutoReply
 from intake.reading import Attachment, ReadMessage
-from intake.screening import LOOP_HEADER, automatic
+from intake.screening import LOOP_HEADER, automatic, is_own_message_id
 from portaria.db import utcnow
 
 log = logging.getLogger(__name__)
@@ -161,14 +161,6 @@ def people_limit(count: int, intake: IntakeSettings) -> Verdict | None:
 
 # --------------------------------------------------------------------------
 # Loops
-
-
-def is_own_message_id(message_id: str, own_domain: str) -> bool:
-    """Whether a Message-ID (with or without brackets) is one the outbox made."""
-    bare = message_id.strip().removeprefix("<").removesuffix(">").lower()
-    return (
-        re.fullmatch(r"portaria\.[0-9a-f]{32}@" + re.escape(own_domain.lower()), bare) is not None
-    )
 
 
 def loop_check(message: ReadMessage, own_domain: str) -> Verdict | None:

@@ -859,7 +859,8 @@ class ReadMessage:
 
     @property
     def from_name(self) -> str:
-        return self._sender[0]
+        # An encoded word may decode to CR/LF; a display name is one line of text.
+        return " ".join(self._sender[0].split())
 
     @cached_property
     def to(self) -> list[str]:

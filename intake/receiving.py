@@ -44,7 +44,12 @@ from portaria.outbox_models import OutboxMessage
 from provisioning.approvals import approve
 from provisioning.errors import ProvisioningError
 from provisioning.models import AccessRequest
-from provisioning.queue import RequestedPerson, Requester, queue_requests
+from provisioning.queue import (
+    FLAG_SENDER_OUTSIDE_POLICY,
+    RequestedPerson,
+    Requester,
+    queue_requests,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +66,6 @@ DESTINATIONS: dict[str, str | None] = {
     "left": None,
 }
 
-# Why support must look twice at a request from a held message.
-FLAG_SENDER_OUTSIDE_POLICY = "sender_outside_policy"
 # Who auto-approvals are recorded as, in the audit trail and on the request.
 AUTO_APPROVER = "auto:trusted-requester"
 
@@ -166,13 +169,16 @@ def _take_request(
         message_ref=message.message_id,
         subject=message.subject,
     )
-    requests = queue_requests(session, requester, people, source_message_id=row.id)
+    requests = queue_requests(
+        session,
+        requester,
+        people,
+        source_message_id=row.id,
+        flags=[FLAG_SENDER_OUTSIDE_POLICY] if outside else [],
+    )
 
     if outside:
-        # Possibly forged: flag for a person, tell support, never the sender.
-        for request in requests:
-            request.flags = [*request.flags, FLAG_SENDER_OUTSIDE_POLICY]
-        session.flush()
+        # Possibly forged: flagged for a person; tell support, never the sender.
         _tell_support(session, settings, [r for r in requests if r.status == "pending"], row)
         _note(session, row, "sender not answered (outside the sender policy)")
         return row

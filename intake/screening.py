@@ -82,6 +82,9 @@ class ScreeningPolicy:
     subject_prefixes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Local parts of sender addresses that only machines use.
     machine_senders: dict[str, frozenset[str]] = field(default_factory=dict)
+    # Phrases (folded) that mark automatic mail wherever they stand in the subject;
+    # some servers append them ("Seu pedido (delivery failed)").
+    subject_markers: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Weaker marks of automatic mail, believed only on a message that answers
     # one of ours: on fresh mail they also appear on what people write.
     reply_rules: tuple[HeaderRule, ...] = ()
@@ -121,6 +124,11 @@ DEFAULT_POLICY = ScreeningPolicy(
     subject_prefixes={
         "auto-reply": (
             "ausente:",
+            "ausencia:",
+            "ausencia temporaria:",
+            "em ferias:",
+            "ferias:",
+            "out of the office:",
             "resposta automatica:",
             "resposta automatica",
             "fora do escritorio:",
@@ -170,6 +178,31 @@ DEFAULT_POLICY = ScreeningPolicy(
                 "mail.daemon",
             }
         ),
+        # Addresses that say no person reads them cannot be requesters either.
+        "automated sender": frozenset(
+            {
+                "noreply",
+                "no-reply",
+                "no_reply",
+                "donotreply",
+                "do-not-reply",
+                "do_not_reply",
+                "naoresponda",
+                "nao-responda",
+                "nao_responda",
+                "bounce",
+                "bounces",
+            }
+        ),
+    },
+    subject_markers={
+        "delivery report": (
+            "(delivery failed)",
+            "could not be delivered",
+            "undeliverable",
+            "nao foi possivel entregar",
+            "mensagem nao entregue",
+        ),
     },
     reply_rules=(
         # procmail, mailer daemons and ticket systems mark what their robots
@@ -205,6 +238,13 @@ def _fold(text: str) -> str:
 def _tag_pattern(tag: str) -> re.Pattern[str]:
     # The tag is a token: "#ACESSOS" and "#ACESSO_2" are other words.
     return re.compile(r"(?<![\w#])" + re.escape(_fold(tag)) + r"(?!\w)")
+
+
+def is_own_message_id(message_id: str, own_domain: str) -> bool:
+    """Whether a Message-ID (with or without brackets) is one the outbox made."""
+    bare = message_id.strip().removeprefix("<").removesuffix(">").lower()
+    pattern = r"portaria\.[0-9a-f]{32}@" + re.escape(own_domain.lower())
+    return re.fullmatch(pattern, bare) is not None
 
 
 def has_tag(subject: str, tag: str = "#ACESSO") -> bool:
@@ -264,10 +304,13 @@ def automatic(
     sender = message.from_address
     if sender and sender in {address.lower() for address in own_addresses}:
         return Screening("ignored", f"own message (from {sender})", "own message")
-    if own_message_id_domain and message.message_id:
-        domain = message.message_id.rpartition("@")[2].lower()
-        if domain == own_message_id_domain.lower():
-            return Screening("ignored", f"own message (Message-ID on {domain})", "own message")
+    # Only the outbox's exact form: colleagues' mail clients also put our domain
+    # in their Message-IDs.
+    if own_message_id_domain and is_own_message_id(
+        message.message_id or "", own_message_id_domain
+    ):
+        domain = own_message_id_domain.lower()
+        return Screening("ignored", f"own message (Message-ID on {domain})", "own message")
 
     rules = policy.header_rules + (policy.reply_rules if answers_us else ())
     hit = _first_hit(message, rules)
@@ -287,4 +330,8 @@ def automatic(
         for prefix in prefixes:
             if stripped.startswith(prefix.lstrip("[")):
                 return Screening("ignored", f"{kind} (subject starts with {prefix!r})", kind)
+    for kind, markers in policy.subject_markers.items():
+        for marker in markers:
+            if marker in stripped:
+                return Screening("ignored", f"{kind} (subject has {marker!r})", kind)
     return None

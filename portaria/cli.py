@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from config.settings import ConfigError, Settings, config_path, load_settings
 from portaria.commands import (
@@ -75,13 +75,20 @@ def main_options(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Mostrar o que acontece (log what happens).")
     ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Tudo, até as bibliotecas (log everything).")
+    ] = False,
 ) -> None:
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # mail-parser warns about every unusual part type; our own log says what matters.
     logging.getLogger("mailparser").setLevel(logging.ERROR)
+    # Alembic announces its plugins and context at INFO on every command; that is
+    # only worth reading when debugging.
+    if not debug:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -107,6 +114,10 @@ def init(
     for folder in _local_folders(settings):
         folder.mkdir(parents=True, exist_ok=True)
     out.print(f"banco de dados (database): {service.engine.url.render_as_string()} (atualizado)")
+    from engine.unsubscribe import create_secret_key
+
+    if (key_file := create_secret_key(settings)) is not None:
+        out.print(f"chave secreta (secret key): {key_file} (criada, written)")
     if settings.mailbox.kind == "maildir":
         out.print(f"caixa de entrada (inbox): {settings.path(settings.mailbox.maildir)} (Maildir)")
     if settings.outbound.kind == "maildir":
@@ -190,7 +201,7 @@ def parse(
             sys.stdout.write(json.dumps(report, ensure_ascii=False) + "\n")
         else:
             if several:
-                out.print(f"[bold]{escape(str(file))}[/]")
+                out.print(Text(str(file), style="bold"))
             text = format_report(report) if "message" in report else _unreadable(report)
             out.print(text, markup=False)
     if failed:
@@ -299,6 +310,14 @@ def requests_approve(
     service = service_for(config)
     with service.transaction() as session:
         ids = pending_ids(session) if all_pending else request_ids or []
+        if all_pending and (
+            held := sorted(set(pending_ids(session, include_held=True)) - set(ids))
+        ):
+            shown = ", ".join(f"#{i}" for i in held)
+            out.print(
+                f"não aprovados (skipped) {shown}: remetente fora da política (sender outside "
+                "policy); confira e aprove pelo número (approve them by id)"
+            )
         if not ids:
             out.print("nenhum pedido pendente (no pending requests)")
             return
@@ -459,6 +478,51 @@ def _send_outbox(service: Service) -> None:
     out.print(
         f"fila de saída (outbox): {report.sent} enviado(s) (sent), {report.retried} para "
         f"tentar de novo (to retry), {report.failed} com falha (failed) — {where}"
+    )
+
+
+@outbox_app.command("bounced")
+@friendly
+def outbox_bounced(config: ConfigOption = None) -> None:
+    """Endereços que devolveram e-mail e não recebem mais respostas automáticas."""
+    from sqlalchemy import select
+
+    from portaria.outbox_models import BouncedAddress
+
+    service = service_for(config)
+    with service.sessions() as session:
+        rows = list(session.scalars(select(BouncedAddress).order_by(BouncedAddress.email)))
+    if not rows:
+        out.print("nenhum endereço devolvido (no bounced addresses)")
+        return
+    table = Table("email", "bounces", "last", "reason")
+    for row in rows:
+        table.add_row(
+            row.email, str(row.bounces), row.last_at.isoformat(timespec="minutes"), row.last_reason
+        )
+    out.print(table)
+
+
+@outbox_app.command("unbounce")
+@friendly
+def outbox_unbounce(
+    emails: Annotated[list[str], typer.Argument(help="Endereços a liberar (addresses).")],
+    config: ConfigOption = None,
+) -> None:
+    """Voltar a escrever para endereços que devolveram e-mail (depois de corrigidos)."""
+    from sqlalchemy import delete
+
+    from portaria.outbox_models import BouncedAddress
+
+    service = service_for(config)
+    wanted = [email.strip().lower() for email in emails]
+    with service.transaction() as session:
+        removed = session.execute(
+            delete(BouncedAddress).where(BouncedAddress.email.in_(wanted))
+        ).rowcount
+    out.print(
+        f"{removed} endereço(s) liberado(s) (cleared); reenvie com (retry with) "
+        "`portaria outbox retry`"
     )
 
 

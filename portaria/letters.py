@@ -107,11 +107,15 @@ FLAG_LABELS: dict[str, dict[str, str]] = {
         "existing_user": "já tem conta na plataforma",
         "pending_duplicate": "já há outro pedido pendente para esta pessoa",
         "admin_access": "pede acesso de administrador",
+        "sender_outside_policy": "o remetente está fora da política de remetentes; confira "
+        "se o pedido é mesmo dele antes de aprovar",
     },
     "en": {
         "existing_user": "already has an account on the platform",
         "pending_duplicate": "another pending request exists for this person",
         "admin_access": "asks for administrator access",
+        "sender_outside_policy": "the sender is outside the sender policy; check that the "
+        "request is really theirs before approving",
     },
 }
 

@@ -328,7 +328,10 @@ def build_message(row: OutboxMessage, from_name: str) -> EmailMessage:
     """The email for a row: headers, then text and HTML as multipart/alternative."""
     # Non-ASCII addresses can only travel as UTF-8 headers (RFC 6532).
     international = not all(a.isascii() for a in (row.sender, *row.recipients))
-    message = EmailMessage(policy=policy.SMTPUTF8 if international else policy.SMTP)
+    # 998 is RFC 5322's line limit: at 78 a long List-Unsubscribe URL, which has
+    # nowhere to fold, would be rewritten as encoded words mail clients cannot follow.
+    chosen = policy.SMTPUTF8 if international else policy.SMTP
+    message = EmailMessage(policy=chosen.clone(max_line_length=998))
     message["From"] = _address(row.sender, from_name)
     message["To"] = [_address(address) for address in row.recipients]
     message["Subject"] = row.subject

@@ -1,8 +1,15 @@
-"""The web console. For now it serves the page where a new user sets a password.
+"""The web console. For now it serves the page where a new user sets a password,
+and the one-click unsubscribe of rule emails.
 
 The link in the welcome email carries a one-time token; the page checks it,
 asks for the password twice and hands it to the directory, which stores only
 an argon2 hash. Pages are Jinja templates under ``templates/web``.
+
+Rule emails carry ``/unsubscribe/{token}`` (``engine.unsubscribe``). Opening
+it (GET) only shows a confirm button, because mail scanners follow links;
+the button, or a mail client's one-click POST (RFC 8058), records the
+unsubscribe. A token the service did not sign gets a 400 page and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +22,12 @@ from fastapi import FastAPI, Form
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from engine.rules import is_unsubscribed, unsubscribe
+from engine.unsubscribe import (
+    InvalidUnsubscribeToken,
+    SecretKeyUnavailable,
+    unsubscribe_links,
+)
 from portaria.errors import PortariaError
 from portaria.wiring import Service
 from provisioning.directory import check_token, set_password_with_token
@@ -81,5 +94,42 @@ def create_app(service: Service) -> FastAPI:
         except PortariaError as exc:
             return _page("set_password.html", 400, token=token, done=False, error=str(exc))
         return _page("set_password.html", token="", done=True, error=None, email=email)
+
+    def unsubscribe_address(token: str) -> str | HTMLResponse:
+        """The address the link was made for, or the page saying why it cannot be used."""
+        try:
+            return unsubscribe_links(service.settings).address(token)
+        except InvalidUnsubscribeToken as exc:
+            log.info("unsubscribe: a link that was not ours was refused")
+            return _page("unsubscribe.html", 400, state="invalid", error=str(exc))
+        except SecretKeyUnavailable:
+            log.error("unsubscribe: no secret key to check links with; run `portaria init`")
+            return _page("unsubscribe.html", 503, state="unavailable", error=None)
+
+    @app.get("/unsubscribe/{token}", response_class=HTMLResponse)
+    def unsubscribe_form(token: str) -> HTMLResponse:
+        address = unsubscribe_address(token)
+        if isinstance(address, HTMLResponse):
+            return address
+        with service.sessions() as session:
+            done = is_unsubscribed(session, address)
+        return _page(
+            "unsubscribe.html",
+            state="done" if done else "confirm",
+            token=token,
+            email=address,
+            error=None,
+        )
+
+    @app.post("/unsubscribe/{token}", response_class=HTMLResponse)
+    def unsubscribe_confirm(token: str) -> HTMLResponse:
+        # The body (the button's form, or RFC 8058's "List-Unsubscribe=One-Click")
+        # is not read: the signed token alone says who asked.
+        address = unsubscribe_address(token)
+        if isinstance(address, HTMLResponse):
+            return address
+        with service.transaction() as session:
+            unsubscribe(session, address, source="link")
+        return _page("unsubscribe.html", state="done", email=address, error=None)
 
     return app

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 FLAG_EXISTING_USER = "existing_user"
 FLAG_PENDING_DUPLICATE = "pending_duplicate"
 FLAG_ADMIN_ACCESS = "admin_access"
+# Set by the intake on requests from a message outside the sender policy.
+FLAG_SENDER_OUTSIDE_POLICY = "sender_outside_policy"
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,16 @@ def queue_requests(
     people: Sequence[RequestedPerson],
     *,
     source_message_id: int | None = None,
+    flags: Sequence[str] = (),
 ) -> list[AccessRequest]:
     """Create one request per person: ``pending`` when complete, else ``incomplete``.
 
     The same person named twice in one message gives one request. Someone who
     already has an account or a pending request is flagged, so support sees
-    it before deciding; nothing is created in the directory here.
+    it before deciding; nothing is created in the directory here. ``flags``
+    are the intake's own doubts about the message; a request carrying them
+    does not supersede anything, since its sender may not be who it claims.
+    Text longer than its column is cut, so one message cannot fail a batch.
     """
     created: list[AccessRequest] = []
     seen: set[str] = set()
@@ -69,19 +75,22 @@ def queue_requests(
             source_message_ref=requester.message_ref,
             source_subject=requester.subject,
             requester_email=normalise_email(requester.email),
-            requester_name=requester.name,
-            name=person.name,
-            email=email,
-            area=person.area,
+            requester_name=_clip(requester.name, AccessRequest.requester_name),
+            name=_clip(person.name, AccessRequest.name),
+            email=email if email is None or len(email) <= 320 else None,
+            area=_clip(person.area, AccessRequest.area),
             access_type=person.access_type,
             status=status,
             missing=list(person.missing),
-            flags=_flags_for(session, email, person.access_type) if status == "pending" else [],
+            flags=[
+                *(_flags_for(session, email, person.access_type) if status == "pending" else []),
+                *flags,
+            ],
         )
         session.add(request)
         session.flush()
         created.append(request)
-        if status == "pending":
+        if status == "pending" and not flags:
             _supersede_incomplete(session, request)
         log.info(
             "request %s queued as %s for %s (flags: %s)",
@@ -91,6 +100,11 @@ def queue_requests(
             ",".join(request.flags) or "none",
         )
     return created
+
+
+def _clip(value: str | None, column: object) -> str | None:
+    limit = column.type.length  # type: ignore[attr-defined]
+    return value if value is None or len(value) <= limit else value[: limit - 1] + "…"
 
 
 def _supersede_incomplete(session: Session, request: AccessRequest) -> None:
@@ -164,11 +178,7 @@ def list_requests(session: Session, *, status: str | None = None) -> list[Access
     return list(session.scalars(query))
 
 
-def pending_ids(session: Session) -> list[int]:
-    return list(
-        session.scalars(
-            select(AccessRequest.id)
-            .where(AccessRequest.status == "pending")
-            .order_by(AccessRequest.id)
-        )
-    )
+def pending_ids(session: Session, *, include_held: bool = False) -> list[int]:
+    """Pending request ids, oldest first; held ones (sender outside policy) only if asked."""
+    requests = list_requests(session, status="pending")
+    return [r.id for r in requests if include_held or FLAG_SENDER_OUTSIDE_POLICY not in r.flags]

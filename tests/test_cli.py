@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from config.settings import load_settings
 from portaria.cli import app
+from portaria.wiring import open_service
 from tests.mail import person_block, request_message
 
 runner = CliRunner()
@@ -203,3 +205,19 @@ def test_database_problems_name_the_setting(
     assert "database.url" in output and "PORTARIA_DATABASE__URL" in output
     assert "Traceback" not in output
     assert not (workdir / "var").exists()
+
+
+def test_bounced_addresses_can_be_listed_and_cleared(workdir: Path) -> None:
+    from portaria.outbox_models import BouncedAddress
+
+    run("init")
+    service = open_service(load_settings(None))
+    with service.transaction() as session:
+        session.add(BouncedAddress(email="ana@cliente.test", last_reason="550 no such user"))
+
+    code, output = run("outbox", "bounced")
+    assert code == 0 and "ana@cliente.test" in output and "550 no such user" in output
+
+    code, output = run("outbox", "unbounce", "Ana@Cliente.test")
+    assert code == 0 and "1 endereço(s) liberado(s)" in output
+    assert "nenhum endereço devolvido" in run("outbox", "bounced")[1]

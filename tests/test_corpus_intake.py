@@ -102,12 +102,7 @@ AUTOMATIC_FILES = frozenset(
 #   subject, a plain text/plain body and no Auto-Submitted or null Return-Path.
 # - lhost-kddi-01: a Japanese carrier's "mail error" notice (Subject
 #   メールエラー通知) from no-reply@..., the original attached as message/rfc822.
-ANSWERED_BOUNCES_KNOWN = frozenset(
-    {
-        "flufl-bounce/simple_20.txt",
-        "sisimai-set-of-emails/bsd/lhost-kddi-01.eml",
-    }
-)
+ANSWERED_BOUNCES_KNOWN: frozenset[str] = frozenset()
 
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r|$)")
 

@@ -23,6 +23,7 @@ from portaria.wiring import Service
 from provisioning.approvals import approve, reject
 from provisioning.errors import ProvisioningError, RequestNotPending
 from provisioning.models import AccessRequest, AuditEvent, User
+from provisioning.queue import pending_ids
 from tests.mail import person_block, request_message
 
 
@@ -319,3 +320,23 @@ def test_an_incomplete_request_can_be_rejected(service: Service, settings: Setti
         reject(session, settings, [request.id], actor="admin", reason="Pedido sem dados")
 
     assert requests_of(service)[0].status == "rejected"
+
+
+def test_held_requests_need_an_explicit_decision(service: Service, settings: Settings) -> None:
+    deliver(settings, request_message("Nome: Fábio Queiroga\nE-mail: fabio@cliente.test\n"))
+    poll_once(service.sessions, settings)
+    settings.intake.allowed_requesters = ["parceiro.test"]
+    deliver(
+        settings,
+        request_message(person_block("Fábio Queiroga", "fabio@cliente.test", "RH", "Comum")),
+    )
+
+    report = poll_once(service.sessions, settings)
+
+    assert dict(report.outcomes) == {"held": 1}
+    first, held = requests_of(service)
+    assert first.status == "incomplete"  # a possibly forged message supersedes nothing
+    assert (held.status, held.flags) == ("pending", ["sender_outside_policy"])
+    with service.sessions() as session:
+        assert pending_ids(session) == []
+        assert pending_ids(session, include_held=True) == [held.id]

@@ -6,6 +6,7 @@ to a real aiosmtpd server on 127.0.0.1, and the test reads what arrived.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +17,7 @@ from typing import Any, ClassVar
 import pytest
 import yaml
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
 from config.settings import Settings
 from engine.calendar import BusinessCalendar
@@ -31,25 +33,33 @@ from engine.models import (
     RuleEmail,
     RuleRun,
     Task,
+    Unsubscribe,
 )
 from engine.playbooks import load_onto_customer, set_playbook_active
 from engine.rules import (
+    CardOwner,
+    RemovedRule,
     create_rule,
     edit_rule,
     export_rules,
     import_rules,
     preview,
     read_rule_file,
+    remove_rule,
+    reply_to_owner,
     rule_definition,
     rule_history,
     run_rule,
     unsubscribe,
 )
 from engine.tasks import complete_task
+from engine.unsubscribe import create_secret_key, unsubscribe_links
+from portaria.cli import app
 from portaria.outbox import send_due
 from portaria.outbox_models import OutboxMessage
 from portaria.wiring import Service, open_service
 from provisioning.directory import create_user
+from provisioning.models import User
 from tests.servers.smtp import SmtpTestServer
 
 # Wednesday 18 June 2025, 09:00 in São Paulo; Thursday 19 is Corpus Christi.
@@ -70,7 +80,8 @@ AVISO_HTML = "<p>Renovação de <b>{{ customer.name }}</b> ({{ rule.name }})</p>
 
 
 def fill(service: Service) -> Service:
-    """Two agents, custom fields, a playbook, two templates and four cards."""
+    """Two agents, custom fields, a playbook, two templates and four cards; a secret key."""
+    create_secret_key(service.settings)
     with service.transaction() as session:
         ana = create_user(
             session, name="Ana Souza", email=ANA, area="CS", role="agente", created_via="test"
@@ -293,10 +304,24 @@ class TestUpdateAction:
         ]
 
 
+BASE_URL = "https://portaria.example.com"
+
+
 @pytest.fixture
 def mailed(outbound_settings: Callable[..., Settings], smtp_server: SmtpTestServer) -> Service:
     """The same world, with outgoing mail over SMTP to the test server."""
-    return fill(open_service(outbound_settings(smtp_server), migrate=True))
+    settings = outbound_settings(smtp_server)
+    service_settings = settings.service.model_copy(update={"base_url": BASE_URL})
+    settings = settings.model_copy(update={"service": service_settings})
+    return fill(open_service(settings, migrate=True))
+
+
+def link(service: Service, address: str) -> str:
+    return unsubscribe_links(service.settings).url(address)
+
+
+def footer(url: str) -> str:
+    return f"\n-- \nPara não receber mais estes e-mails (to stop these emails):\n{url}\n"
 
 
 def deliver(service: Service, now: datetime = NOW + timedelta(minutes=1)) -> None:
@@ -339,9 +364,9 @@ class TestEmailAction:
         assert message["From"] == "Portaria <portaria@acesso.example.com>"
         assert message["Auto-Submitted"] == "auto-generated"
         assert message["X-Portaria-Loop"] == "portaria@acesso.example.com"
-        assert message["List-Unsubscribe"] == (
-            "<mailto:portaria@acesso.example.com?subject=unsubscribe>"
-        )
+        assert message["List-Unsubscribe"] == f"<{link(mailed, 'compras@acme.com.br')}>"
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert message["Reply-To"] == "Ana Souza <ana@cs.example.com.br>"
         assert re.fullmatch(
             r"<portaria\.[0-9a-f]{32}@acesso\.example\.com>", message["Message-ID"]
         )
@@ -352,10 +377,21 @@ class TestEmailAction:
             "A renovação de Acme & Filhos vence em 31/07/2025.\n"
             "Plano: ouro. Próxima tarefa: Ligação de boas-vindas (18/06/2025).\n"
             "Fale com Ana Souza <ana@cs.example.com.br>.\n"
-            "Para não receber mais: mailto:portaria@acesso.example.com?subject=unsubscribe\n"
+            f"Para não receber mais: {link(mailed, 'compras@acme.com.br')}\n"
         )
+        # The HTML part does not place the link itself, so it gets the footer.
         html = message.get_body(("html",)).get_content()
-        assert html.strip() == ("<p>Renovação de <b>Acme &amp; Filhos</b> (Renovação Varejo)</p>")
+        assert html == (
+            "<p>Renovação de <b>Acme &amp; Filhos</b> (Renovação Varejo)</p>\n"
+            '<p style="font-size:small;color:#666">Para não receber mais estes e-mails '
+            f'(to stop these emails): <a href="{link(mailed, "compras@acme.com.br")}">'
+            "descadastrar (unsubscribe)</a></p>\n"
+        )
+        # Every recipient's copy carries the link that unsubscribes that recipient only.
+        for address, received in by_recipient.items():
+            assert received.message["List-Unsubscribe"] == f"<{link(mailed, address)}>"
+            text = received.message.get_body(("plain",)).get_content()
+            assert text.endswith(f"Para não receber mais: {link(mailed, address)}\n")
         beta = by_recipient["ti@beta.com.br"].message.get_body(("plain",)).get_content()
         assert beta.startswith("Olá, cliente!\n")
         assert "Plano: prata." in beta
@@ -435,8 +471,9 @@ class TestEmailAction:
             "compras@acme.com.br",
             "ti@beta.com.br",
         ]
-        body = smtp_server.received[0].message.get_body(("plain",)).get_content()
-        assert body == "Ana Souza\n"
+        first = smtp_server.received[0]
+        body = first.message.get_body(("plain",)).get_content()
+        assert body == "Ana Souza\n" + footer(link(mailed, first.rcpt_tos[0]))
 
     def test_a_card_without_the_address_is_skipped(self, mailed: Service) -> None:
         rule_id = make_rule(
@@ -506,7 +543,9 @@ class TestPreview:
         ]
         assert beta_email.rendered is not None
         assert beta_email.rendered.subject == "Oi BETA"
-        assert beta_email.rendered.text == "Ana Souza\n"
+        # Rendered as its first recipient gets it: with that address's own link.
+        assert beta_email.rendered.text == "Ana Souza\n" + footer(link(world, "ti@beta.com.br"))
+        assert beta_email.reply_to == "Ana Souza <ana@cs.example.com.br>"
 
         assert shown["ACME"].problems == []
         assert shown["DELTA"].problems == [
@@ -762,3 +801,214 @@ playbook = "Onboarding"
             "Ruim: ação 1 (email): to deve listar contact, owner ou endereços (recipients)",
         ]
         assert count(world, Rule) == 0
+
+
+def outbox_headers(service: Service) -> dict[str, dict[str, str]]:
+    """Each queued rule email's headers, by recipient."""
+    with service.sessions() as session:
+        rows = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
+        return {row.recipients[0]: dict(row.headers) for row in rows}
+
+
+class TestReplyTo:
+    SIMPLES: ClassVar[dict[str, Any]] = {
+        "kind": "email",
+        "template": "Simples",
+        "to": ["contact"],
+    }
+
+    def rule(self, service: Service) -> int:
+        with service.transaction() as session:
+            session.add(EmailTemplate(name="Simples", subject="Oi", body_text="Olá\n"))
+        return make_rule(service, [self.SIMPLES])
+
+    def test_the_owner_gets_the_replies_and_a_card_without_one_sets_none(
+        self, world: Service
+    ) -> None:
+        run(world, self.rule(world))
+
+        headers = outbox_headers(world)
+        assert headers["compras@acme.com.br"] == {
+            "Auto-Submitted": "auto-generated",
+            "X-Portaria-Loop": "acesso@portaria.test",
+            "X-Auto-Response-Suppress": "OOF, AutoReply",
+            "List-Unsubscribe": f"<{link(world, 'compras@acme.com.br')}>",
+            "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+            "Reply-To": "Ana Souza <ana@cs.example.com.br>",
+        }
+        assert headers["ti@beta.com.br"]["Reply-To"] == "Ana Souza <ana@cs.example.com.br>"
+        assert "Reply-To" not in headers["delta@delta.com.br"]
+
+    def test_an_inactive_owner_gets_no_replies(self, world: Service) -> None:
+        with world.transaction() as session:
+            session.execute(User.__table__.update().where(User.email == ANA).values(active=False))
+        run(world, self.rule(world))
+        assert ["Reply-To" in h for h in outbox_headers(world).values()] == [False] * 3
+
+    @pytest.mark.parametrize(
+        ("owner", "expected"),
+        [
+            (None, None),
+            (CardOwner("ana@cs.example.com.br", "Ana Souza", True),
+             "Ana Souza <ana@cs.example.com.br>"),
+            # "João Ávila", encoded (RFC 2047): a header carries ASCII only.
+            (CardOwner("joao@cs.example.com.br", "João Ávila", True),
+             "=?utf-8?b?Sm/Do28gw4F2aWxh?= <joao@cs.example.com.br>"),
+            (CardOwner("ana@cs.example.com.br", "Ana\r\nBcc: x@y.com", True),
+             '"Ana Bcc: x@y.com" <ana@cs.example.com.br>'),
+            (CardOwner("ana@cs.example.com.br\r\nBcc: x@y.com", "Ana", True), None),
+            (CardOwner("não é e-mail", "Ana", True), None),
+            (CardOwner("joão@cs.example.com.br", "João", True), None),
+            (CardOwner("ana@cs.example.com.br", "Ana", False), None),
+        ],
+    )  # fmt: skip
+    def test_only_a_clean_address_reaches_the_header(
+        self, owner: CardOwner | None, expected: str | None
+    ) -> None:
+        assert reply_to_owner(owner) == expected
+
+
+class TestRemove:
+    def test_history_goes_and_the_loads_stay(self, world: Service) -> None:
+        rule_id = make_rule(world, [{"kind": "playbook", "playbook": "Onboarding"}])
+        run(world, rule_id)
+        run(world, rule_id, NOW + timedelta(days=1))
+
+        with world.transaction() as session:
+            removed = remove_rule(session, "regra")
+
+        assert removed == RemovedRule(id=rule_id, name="Regra", runs=2, loads=3)
+        assert count(world, Rule) == 0
+        assert count(world, RuleRun) == 0
+        assert count(world, PlaybookLoad, PlaybookLoad.rule_id.is_(None)) == 3
+        assert count(world, Task, Task.status == "open") == 9
+
+
+runner = CliRunner()
+
+CONFIG = """\
+[database]
+url = "sqlite:///portaria.db"
+
+[mailbox]
+maildir = "mail/inbox"
+
+[outbound]
+maildir = "mail/outbox"
+from_address = "acesso@portaria.test"
+
+[service]
+base_url = "https://portaria.test"
+"""
+
+
+@pytest.fixture
+def cli(
+    world: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[int, str]]:
+    """`portaria` on the world's database, through a configuration file beside it."""
+    for name in list(os.environ):
+        if name.startswith("PORTARIA_"):
+            monkeypatch.delenv(name)
+    config = tmp_path / "portaria.toml"
+    config.write_text(CONFIG, encoding="utf-8")
+
+    def portaria(*args: str) -> tuple[int, str]:
+        result = runner.invoke(app, [*args, "--config", str(config)], env={"COLUMNS": "200"})
+        return result.exit_code, result.output
+
+    return portaria
+
+
+class TestCommands:
+    def test_remove_says_what_went(
+        self, world: Service, cli: Callable[..., tuple[int, str]]
+    ) -> None:
+        rule_id = make_rule(world, [{"kind": "playbook", "playbook": "Onboarding"}])
+        run(world, rule_id)
+
+        assert cli("rules", "remove", "Regra") == (
+            0,
+            f"Regra removida (rule removed): Regra (#{rule_id}); 1 execução(ões) apagada(s) "
+            "do histórico (runs deleted); 3 carga(s) de playbook continuam nos clientes "
+            "(loads kept)\n",
+        )
+        assert cli("rules", "remove", "Regra") == (
+            1,
+            "erro (error): Regra não encontrada (rule not found): Regra\n",
+        )
+
+    def test_remove_help_says_history_is_deleted(
+        self, cli: Callable[..., tuple[int, str]]
+    ) -> None:
+        code, output = cli("rules", "remove", "--help")
+        assert code == 0
+        assert "execuções dela é apagado" in output and "run history is deleted" in output
+
+    def test_support_unsubscribes_an_address(
+        self, world: Service, cli: Callable[..., tuple[int, str]]
+    ) -> None:
+        assert cli("rules", "unsubscribed") == (
+            0,
+            "nenhum endereço descadastrado (no unsubscribed addresses)\n",
+        )
+        assert cli("rules", "unsubscribe", " Compras@Acme.com.br", "--by", "suporte:ana") == (
+            0,
+            "Descadastrado (unsubscribed): compras@acme.com.br; nenhuma regra enviará "
+            "e-mail a ele\n",
+        )
+        assert cli("rules", "unsubscribe", "compras@acme.com.br") == (
+            0,
+            "Já estava descadastrado (already unsubscribed): compras@acme.com.br\n",
+        )
+        assert cli("rules", "unsubscribe", "compras arroba acme") == (
+            1,
+            "erro (error): endereço inválido (bad address) 'compras arroba acme': use um "
+            "e-mail como nome@empresa.com.br\n",
+        )
+
+        code, output = cli("rules", "unsubscribed")
+        assert code == 0
+        [row] = [line for line in output.splitlines() if "compras@acme.com.br" in line]
+        assert re.fullmatch(
+            r"│ compras@acme\.com\.br │ \d\d/\d\d/\d{4} \d\d:\d\d │ suporte:ana\s+│", row
+        )
+        with world.sessions() as session:
+            assert [(u.email, u.source) for u in session.scalars(select(Unsubscribe))] == [
+                ("compras@acme.com.br", "suporte:ana")
+            ]
+
+    def test_preview_of_an_email_nobody_would_get(
+        self, world: Service, cli: Callable[..., tuple[int, str]]
+    ) -> None:
+        make_rule(
+            world,
+            [{"kind": "email", "template": "Curto", "to": ["contact"]}],
+            conditions=[{"field": "code", "operation": "one_of", "value": ["ACME", "GAMA"]}],
+        )
+        with world.sessions() as session:
+            result = preview(session, world.settings, "Regra", TODAY)
+        gama = next(c for c in result.customers if c.code == "GAMA")
+        [outcome] = gama.emails
+        assert (outcome.sending, outcome.rendered, outcome.problem) == ([], None, None)
+
+        code, output = cli("rules", "preview", "Regra", "--today", "18/06/2025", "--emails")
+        assert code == 0, output
+        assert output == (
+            "Preview de 'Regra' em 18/06/2025 (nada foi alterado; nothing was changed)\n"
+            "Clientes escolhidos (matched): 2\n"
+            "- ACME Acme & Filhos\n"
+            "    e-mail 'Curto': para (to) compras@acme.com.br\n"
+            "    Para (to): compras@acme.com.br\n"
+            f"    Responder a (Reply-To): Ana Souza <{ANA}>\n"
+            "    Assunto (subject): Oi ACME\n"
+            "      | Ana Souza\n"
+            "      | \n"
+            "      | -- \n"
+            "      | Para não receber mais estes e-mails (to stop these emails):\n"
+            f"      | {link(world, 'compras@acme.com.br')}\n"
+            "- GAMA Gama SA\n"
+            "    e-mail 'Curto': ninguém (nobody)\n"
+            "    e-mail para contact: não envia (skip): sem e-mail de contato (no address)\n"
+            "    e-mail 'Curto': sem destinatário (no recipient)\n"
+        )

@@ -5,16 +5,26 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
+import shutil
 import signal
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+import engine.rules
+from config.settings import load_settings
 from engine.calendar import BusinessCalendar
 from engine.models import (
     Customer,
@@ -27,9 +37,26 @@ from engine.models import (
     SchedulerJob,
 )
 from engine.playbooks import load_playbook
-from engine.rules import claim_due_run, create_rule, disable_rule, next_due
-from engine.scheduler import Job, Scheduler, claim_job, install_stop_signals, outbox_job
-from portaria.wiring import Service
+from engine.rules import (
+    RunLease,
+    claim_due_run,
+    claim_stale_run,
+    create_rule,
+    disable_rule,
+    execute_run,
+    next_due,
+)
+from engine.scheduler import (
+    Job,
+    RunSummary,
+    Scheduler,
+    claim_job,
+    install_stop_signals,
+    outbox_job,
+)
+from engine.unsubscribe import create_secret_key
+from portaria.commands.schedule import run_line
+from portaria.wiring import Service, open_service
 
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
 NEW_YORK = ZoneInfo("America/New_York")
@@ -208,6 +235,7 @@ EIGHT = timedelta(hours=1)  # 08:00 local is one hour after DAY0
 @pytest.fixture
 def daily(service: Service) -> Service:
     """Three cards and a rule due every day at 08:00 that loads a playbook onto them."""
+    create_secret_key(service.settings)
     with service.transaction() as session:
         playbook = Playbook(name="Acompanhamento", status="active")
         playbook.steps = [PlaybookStep(position=1, name="Ligar", kind="call", business_days=1)]
@@ -300,7 +328,8 @@ class TestRestarts:
                 calendar=BusinessCalendar(),
                 rule_id=1,
             )
-        clock = Clock(now + timedelta(minutes=5))
+        # Past the 15-minute lease: nothing renewed the heartbeat, its process is gone.
+        clock = Clock(now + timedelta(minutes=16))
         scheduler = Scheduler(daily.sessions, daily.settings, now=clock)
         assert scheduler.start() == [run_id]
         assert runs(daily) == [(DAY0 + EIGHT, "ok")]
@@ -401,3 +430,241 @@ def test_sigterm_finishes_the_step_then_stops(daily: Service, restore_signals: N
     scheduler.run_forever(tick_seconds=3600)
     assert done == ["terminate"]
     assert runs(daily) == [(DAY0 + EIGHT, "ok")]
+
+
+def heartbeat(service: Service, run_id: int) -> tuple[datetime | None, str]:
+    with service.sessions() as session:
+        run = session.get_one(RuleRun, run_id)
+        return run.heartbeat_at, run.status
+
+
+class TestLeases:
+    """A run is resumed only when the process doing it died; never by two processes."""
+
+    NOW = DAY0 + EIGHT
+
+    def test_a_live_run_elsewhere_is_left_alone_until_it_goes_stale(self, daily: Service) -> None:
+        # Another process (a scheduler, or `rules run`) claimed the run and is on it.
+        run_id = claim_due_run(daily.sessions, 1, now=self.NOW)
+        clock = Clock(self.NOW + timedelta(minutes=14))
+        scheduler = Scheduler(daily.sessions, daily.settings, now=clock)
+
+        assert scheduler.start() == []
+        report = scheduler.tick()
+        assert (report.runs, report.resumed) == ([], [])
+        assert heartbeat(daily, run_id) == (self.NOW, "running")
+        assert loads(daily) == 0
+
+        # Fifteen minutes without a heartbeat: that process is gone; the next tick finishes it.
+        clock.now = self.NOW + timedelta(minutes=15, seconds=1)
+        assert scheduler.tick().resumed == [(1, run_id, "ok")]
+        assert loads(daily) == 3
+        assert runs(daily) == [(self.NOW, "ok")]
+
+    def test_the_lease_is_a_setting(self, daily: Service) -> None:
+        engine = daily.settings.engine.model_copy(update={"run_lease_minutes": 60})
+        settings = daily.settings.model_copy(update={"engine": engine})
+        run_id = claim_due_run(daily.sessions, 1, now=self.NOW)
+        clock = Clock(self.NOW + timedelta(minutes=59))
+        assert Scheduler(daily.sessions, settings, now=clock).start() == []
+        clock.now = self.NOW + timedelta(minutes=61)
+        assert Scheduler(daily.sessions, settings, now=clock).start() == [run_id]
+
+    def test_each_batch_renews_the_heartbeat(
+        self, daily: Service, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(engine.rules, "BATCH_SIZE", 1)
+        seen: list[datetime | None] = []
+        act = engine.rules._act_on_batch
+
+        def watching(session: Session, *args: Any) -> None:
+            seen.append(session.get_one(RuleRun, 1).heartbeat_at)
+            act(session, *args)
+
+        monkeypatch.setattr(engine.rules, "_act_on_batch", watching)
+        run_id = claim_due_run(daily.sessions, 1, now=self.NOW)
+        execute_run(daily.sessions, daily.settings, run_id, now=self.NOW)
+
+        assert len(seen) == 3
+        assert all(beat is not None and beat > self.NOW for beat in seen)
+        assert seen == sorted(seen)
+        final, status = heartbeat(daily, run_id)
+        assert status == "ok" and final is not None and final >= seen[-1]
+        assert final - self.NOW < timedelta(minutes=1)
+
+    def test_two_processes_claim_a_stale_run_once(self, daily: Service) -> None:
+        run_id = claim_due_run(daily.sessions, 1, now=self.NOW)
+        later = self.NOW + timedelta(minutes=20)
+        lease = timedelta(minutes=15)
+        other = open_service(daily.settings)  # its own engine and connections
+
+        assert claim_stale_run(daily.sessions, run_id, now=later, lease=lease) is True
+        assert claim_stale_run(other.sessions, run_id, now=later, lease=lease) is False
+        assert heartbeat(daily, run_id) == (later, "running")
+        other.engine.dispose()
+
+    def test_two_schedulers_starting_together_finish_a_run_once(self, daily: Service) -> None:
+        run_id = claim_due_run(daily.sessions, 1, now=self.NOW)
+        clock = Clock(self.NOW + timedelta(minutes=20))
+        services = [open_service(daily.settings) for _ in range(2)]
+        together = threading.Barrier(2)
+        resumed: list[list[int]] = []
+
+        def start(service: Service) -> None:
+            scheduler = Scheduler(service.sessions, service.settings, now=clock)
+            together.wait()
+            resumed.append(scheduler.start())
+
+        threads = [threading.Thread(target=start, args=(s,)) for s in services]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+
+        assert sorted(resumed) == [[], [run_id]]
+        assert loads(daily) == 3
+        assert runs(daily) == [(self.NOW, "ok")]
+        for service in services:
+            service.engine.dispose()
+
+    def test_a_process_that_lost_its_run_writes_nothing_more(
+        self, daily: Service, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A stalls past the lease after its first batch; B takes the run over and ends it."""
+        monkeypatch.setattr(engine.rules, "BATCH_SIZE", 1)
+        run_id = claim_due_run(daily.sessions, 1, now=self.NOW)
+        taken_at = self.NOW + timedelta(minutes=20)
+        process_b = open_service(daily.settings)
+        renew = engine.rules.RunLease.renew
+        claims: list[bool] = []
+
+        def stalled_before_the_second_batch(lease: RunLease, session: Session) -> bool:
+            if lease.value != self.NOW and not claims:
+                # A's first batch is committed; while A stalls, B finds the run stale.
+                claims.append(
+                    claim_stale_run(
+                        process_b.sessions, run_id, now=taken_at, lease=timedelta(minutes=15)
+                    )
+                )
+            return renew(lease, session)
+
+        monkeypatch.setattr(engine.rules.RunLease, "renew", stalled_before_the_second_batch)
+        stopped = execute_run(daily.sessions, daily.settings, run_id, now=self.NOW)
+
+        assert claims == [True]
+        assert (stopped.status, stopped.finished_at, stopped.heartbeat_at) == (
+            "running",
+            None,
+            taken_at,
+        )
+        assert loads(daily) == 1
+
+        monkeypatch.setattr(engine.rules.RunLease, "renew", renew)
+        finished = execute_run(process_b.sessions, daily.settings, run_id, now=taken_at)
+        assert (finished.status, finished.actions_done) == ("ok", 3)
+        assert loads(daily) == 3
+        with daily.sessions() as session:
+            per_card = session.execute(
+                select(PlaybookLoad.customer_id, func.count()).group_by(PlaybookLoad.customer_id)
+            ).all()
+        assert [n for _, n in per_card] == [1, 1, 1]
+        process_b.engine.dispose()
+
+
+class TestRunReports:
+    def test_each_run_is_handed_to_on_run(self, daily: Service) -> None:
+        seen: list[RunSummary] = []
+        clock = Clock(DAY0 + EIGHT)
+        Scheduler(daily.sessions, daily.settings, now=clock, on_run=seen.append).tick()
+        assert seen == [
+            RunSummary(
+                rule_id=1,
+                rule_name="Diária",
+                run_id=1,
+                status="ok",
+                matched=3,
+                actions_done=3,
+                errors=0,
+                resumed=False,
+            )
+        ]
+
+    def test_the_printed_line(self) -> None:
+        summary = RunSummary(1, "Diária", 7, "partial", 3, 2, 1, resumed=True)
+        assert run_line(summary, "America/Sao_Paulo", DAY0 + EIGHT) == (
+            "2025-06-16 08:00:00 regra (rule) #1 'Diária': execução (run) #7 (retomada, resumed) "
+            "parcial; 3 cliente(s) (matched), 2 ação(ões) (actions), 1 erro(s) (errors)"
+        )
+
+
+def portaria_command() -> str:
+    command = shutil.which("portaria", path=str(Path(sys.executable).parent))
+    assert command, "the portaria command is not installed next to this Python"
+    return command
+
+
+@pytest.fixture
+def configured(tmp_path: Path) -> Path:
+    """A folder after `portaria init`, with the daily rule due since an hour ago."""
+    config = tmp_path / "portaria.toml"
+    config.write_text('[database]\nurl = "sqlite:///portaria.db"\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTARIA")}
+    done = subprocess.run(
+        [portaria_command(), "init", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    service = open_service(load_settings(config))
+    with service.transaction() as session:
+        playbook = Playbook(name="Acompanhamento", status="active")
+        playbook.steps = [PlaybookStep(position=1, name="Ligar", kind="call", business_days=1)]
+        session.add(playbook)
+        session.add_all(Customer(code=f"C{n}", name=f"Cliente {n}", custom={}) for n in range(3))
+        rule = create_rule(
+            session,
+            {"name": "Diária", "actions": [{"kind": "playbook", "playbook": "Acompanhamento"}]},
+        )
+        rule.next_run_at = datetime.now(UTC) - timedelta(hours=1)
+    service.engine.dispose()
+    return config
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("PORTARIA")}
+
+
+def test_schedule_prints_each_run_without_verbose(configured: Path) -> None:
+    process = subprocess.Popen(
+        [portaria_command(), "schedule", "--config", str(configured), "--tick", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(),
+    )  # fmt: skip
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.start()
+    assert process.stdout is not None
+    lines = [process.stdout.readline(), process.stdout.readline()]
+    process.send_signal(signal.SIGTERM)
+    rest, errors = process.communicate(timeout=60)
+    watchdog.cancel()
+
+    assert process.returncode == 0
+    assert lines[0] == "agendador rodando (scheduler running): regras, outbox; Ctrl+C para parar\n"
+    assert re.fullmatch(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d regra \(rule\) #1 'Diária': execução \(run\) #1 ok; "
+        r"3 cliente\(s\) \(matched\), 3 ação\(ões\) \(actions\), 0 erro\(s\) \(errors\)\n",
+        lines[1],
+    )
+    assert rest == "agendador parado (scheduler stopped)\n"
+    assert errors == ""
+
+
+def test_verbose_leaves_alembic_out_and_debug_brings_it_back(configured: Path) -> None:
+    def stderr_of(*options: str) -> str:
+        done = subprocess.run(
+            [portaria_command(), *options, "rules", "list", "--config", str(configured)],
+            capture_output=True, text=True, timeout=60, env=clean_env(),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stderr
+
+    assert "alembic" not in stderr_of("-v")
+    assert "INFO alembic.runtime.migration: Context impl SQLiteImpl." in stderr_of("--debug")

@@ -182,14 +182,21 @@ class TestOwnMessages:
         decision = screen(message(headers="X-Portaria-Loop: 1\r\n"))
         assert decision == Screening("ignored", "own message (X-Portaria-Loop: 1)", "own message")
 
-    def test_message_id_on_our_domain(self) -> None:
+    def test_message_id_made_by_our_outbox(self) -> None:
         decision = screen(
-            message(message_id="<ack-42@Portaria.Example.com.br>"),
+            message(message_id=f"<portaria.{'ab12' * 8}@Portaria.Example.com.br>"),
             own_message_id_domain="portaria.example.com.br",
         )
         assert decision == Screening(
             "ignored", "own message (Message-ID on portaria.example.com.br)", "own message"
         )
+
+    def test_a_colleague_on_our_domain_is_still_a_requester(self) -> None:
+        decision = screen(
+            message(message_id="<ack-42@Portaria.Example.com.br>"),
+            own_message_id_domain="portaria.example.com.br",
+        )
+        assert decision.outcome == "request"
 
     def test_reply_to_our_message_is_still_a_request(self) -> None:
         decision = screen(
@@ -222,3 +229,48 @@ class TestPolicyIsData:
         tagged = message()
         screen(tagged)
         assert "_body" not in vars(tagged)
+
+
+@pytest.mark.parametrize(
+    ("sender", "subject", "reason"),
+    [
+        (
+            "no-reply@operadora.test",
+            "#ACESSO",
+            "automated sender (sender no-reply@operadora.test)",
+        ),
+        (
+            "NaoResponda@banco.test",
+            "RE: #ACESSO",
+            "automated sender (sender naoresponda@banco.test)",
+        ),
+        (
+            "helena@cliente.test",
+            "Ausência temporária: RE: #ACESSO",
+            "auto-reply (subject starts with 'ausencia temporaria:')",
+        ),
+        (
+            "relay@cliente.test",
+            "RE: #ACESSO pedido (delivery failed)",
+            "delivery report (subject has '(delivery failed)')",
+        ),
+        (
+            "relay@cliente.test",
+            "#ACESSO: Mensagem não entregue a ana@x.test",
+            "delivery report (subject has 'mensagem nao entregue')",
+        ),
+    ],
+)
+def test_machine_senders_and_delivery_phrases_are_ignored(
+    sender: str, subject: str, reason: str
+) -> None:
+    screening = screen(message(subject=subject, sender=sender))
+
+    assert (screening.outcome, screening.reason) == ("ignored", reason)
+
+
+def test_display_name_with_encoded_line_breaks_reads_as_one_line() -> None:
+    name = "=?utf-8?q?Ana=0D=0ABcc=3A_evil=40x=2Etest?="
+    read = message(sender=f"{name} <ana@cliente.test>")
+
+    assert read.from_name == "Ana Bcc: evil@x.test"

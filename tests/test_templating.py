@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from engine.errors import EmailRenderError, EmailTemplateInUse, EmailTemplateRefused
 from engine.models import Customer, CustomField, EmailTemplate, Rule
 from engine.rules import create_rule
 from engine.templating import (
+    EmailTemplateProblems,
+    RenderedEmail,
     create_template,
     date_br,
     edit_template,
     email_context,
     get_template,
+    html_with_footer,
     money_br,
     remove_template,
     render_email,
+    text_with_footer,
     variables_help,
 )
+from portaria.cli import app
 from portaria.wiring import Service
 from provisioning.directory import create_user
 
@@ -157,7 +165,7 @@ class TestRendering:
             template = create_template(session, name="R", **parts)
         with service.sessions() as session:
             card = session.query(Customer).filter_by(code=code).one()
-            context = email_context(session, card, today=TODAY, unsubscribe="mailto:x@y.z")
+            context = email_context(session, card, today=TODAY)
             return render_email(get_template(session, template.name), context)
 
     def test_html_is_escaped_and_text_is_not(self, shop: Service) -> None:
@@ -281,3 +289,162 @@ def test_date_br() -> None:
     assert date_br(date(2025, 12, 31)) == "31/12/2025"
     assert date_br("2025-01-02") == "02/01/2025"
     assert date_br(None) == ""
+
+
+class TestEveryProblemAtOnce:
+    def test_subject_text_and_html_are_all_reported(self, shop: Service) -> None:
+        refused = refusal(
+            shop,
+            subject="{{ clinete.name }}",
+            text="Oi\n{{ customer.nmae }} {{ ''.__class__.__mro__ }}\n"
+            "{{ customer.custom.desconto }}\n{{ customer.nmae }}",
+            html="<p>\n{% if owner %}</p>",
+        )
+
+        assert isinstance(refused, EmailTemplateProblems)
+        assert [(p.part, p.line, p.name) for p in refused.problems] == [
+            ("subject", 1, "clinete"),
+            ("text", 2, "__class__"),
+            ("text", 2, "customer.nmae"),
+            ("text", 3, "customer.custom.desconto"),
+            ("text", 4, "customer.nmae"),
+            ("html", 2, None),
+        ]
+        # The first problem is also the error's own part, line and name.
+        assert (refused.part, refused.line, refused.name) == ("subject", 1, "clinete")
+        assert str(refused) == (
+            "modelo recusado (template refused), 6 problemas (problems): "
+            "assunto (subject), linha 1: variável desconhecida (unknown variable): 'clinete'; "
+            "texto (text), linha 2: acesso proibido pelo sandbox (sandbox): '__class__'; "
+            "texto (text), linha 2: campo desconhecido (unknown field): customer.nmae; "
+            "texto (text), linha 3: campo personalizado desconhecido (unknown custom field): "
+            "desconto; "
+            "texto (text), linha 4: campo desconhecido (unknown field): customer.nmae; "
+            "HTML, linha 2: erro de sintaxe (syntax error): Unexpected end of template. "
+            "Jinja was looking for the following tags: 'elif' or 'else' or 'endif'. "
+            "The innermost block that needs to be closed is 'if'."
+        )
+
+    def test_a_trial_render_problem_comes_with_the_static_ones(self, shop: Service) -> None:
+        refused = refusal(
+            shop, subject="{{ '{0.__class__}'.format(customer.name) }}", text="{{ tarefa }}"
+        )
+        assert [(p.part, p.line, p.name) for p in refused.problems] == [
+            ("subject", 1, None),
+            ("text", 1, "tarefa"),
+        ]
+
+    def test_one_problem_reads_as_before(self, shop: Service) -> None:
+        refused = refusal(shop, text="{{ clinete }}")
+        assert str(refused) == (
+            "modelo recusado (template refused): texto (text), linha 1: "
+            "variável desconhecida (unknown variable): 'clinete'"
+        )
+
+    def test_the_command_prints_one_problem_a_line(
+        self, shop: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        for name in list(os.environ):
+            if name.startswith("PORTARIA_"):
+                monkeypatch.delenv(name)
+        config = tmp_path / "portaria.toml"
+        config.write_text('[database]\nurl = "sqlite:///portaria.db"\n', encoding="utf-8")
+        (tmp_path / "corpo.html").write_text("<p>{{ customer.nome }}</p>", encoding="utf-8")
+        args = ["templates", "create", "Aviso", "--config", str(config), "--subject",
+                "{{ cliente.name }}", "--text", "Oi\n{{ owner.nome }}",
+                "--html-file", str(tmp_path / "corpo.html")]  # fmt: skip
+
+        result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+
+        assert (result.exit_code, result.output) == (
+            1,
+            "erro (error): modelo recusado (template refused), 3 problemas (problems):\n"
+            "  assunto (subject), linha 1: variável desconhecida (unknown variable): 'cliente'\n"
+            "  texto (text), linha 2: campo desconhecido (unknown field): owner.nome\n"
+            "  HTML, linha 1: campo desconhecido (unknown field): customer.nome\n",
+        )
+        with shop.sessions() as session:
+            assert session.query(EmailTemplate).count() == 0
+
+
+LINK = "https://portaria.test/unsubscribe/Y29tcHJhc0BhY21lLmNvbS5icg.assinatura"
+
+
+class TestUnsubscribeFooter:
+    def render(self, service: Service, **parts: str) -> RenderedEmail:
+        with service.transaction() as session:
+            template = create_template(session, name="R", **parts)
+            card = session.query(Customer).filter_by(code="ACME").one()
+            context = email_context(session, card, today=TODAY, unsubscribe_url=LINK)
+            return render_email(template, context)
+
+    def test_a_template_without_the_link_gets_the_footer(self, shop: Service) -> None:
+        email = self.render(
+            shop,
+            subject="Oi",
+            body_text="Olá, {{ customer.code }}!\n\n",
+            body_html="<html><body><p>Olá</p></BODY></html>",
+        )
+        assert email.text == (
+            "Olá, ACME!\n"
+            "\n"
+            "-- \n"
+            "Para não receber mais estes e-mails (to stop these emails):\n"
+            f"{LINK}\n"
+        )
+        assert email.html == (
+            "<html><body><p>Olá</p>"
+            '<p style="font-size:small;color:#666">Para não receber mais estes e-mails '
+            f'(to stop these emails): <a href="{LINK}">descadastrar (unsubscribe)</a></p>\n'
+            "</BODY></html>"
+        )
+
+    def test_a_template_placing_the_link_gets_no_footer(self, shop: Service) -> None:
+        email = self.render(
+            shop,
+            subject="Oi",
+            body_text="Sair: {{ unsubscribe_url }}\n",
+            body_html='<a href="{{ unsubscribe }}">sair</a>',
+        )
+        assert email.text == f"Sair: {LINK}\n"
+        assert email.html == f'<a href="{LINK}">sair</a>'
+
+    def test_each_part_is_decided_alone(self, shop: Service) -> None:
+        email = self.render(
+            shop, subject="Oi", body_text="Sair: {{ unsubscribe_url }}", body_html="<p>Oi</p>"
+        )
+        assert email.text == f"Sair: {LINK}"
+        assert email.html == (
+            "<p>Oi</p>\n"
+            '<p style="font-size:small;color:#666">Para não receber mais estes e-mails '
+            f'(to stop these emails): <a href="{LINK}">descadastrar (unsubscribe)</a></p>\n'
+        )
+
+    def test_without_a_link_nothing_is_added(self, shop: Service) -> None:
+        with shop.transaction() as session:
+            template = create_template(session, name="R", subject="s", body_text="Oi\n")
+            card = session.query(Customer).filter_by(code="ACME").one()
+            email = render_email(template, email_context(session, card, today=TODAY))
+        assert email.text == "Oi\n"
+
+    def test_the_html_footer_escapes_the_link(self) -> None:
+        assert html_with_footer("<p>Oi</p>\n", 'https://x.test/u?a=1&b="2"') == (
+            "<p>Oi</p>\n"
+            '<p style="font-size:small;color:#666">Para não receber mais estes e-mails '
+            "(to stop these emails): "
+            '<a href="https://x.test/u?a=1&amp;b=&#34;2&#34;">descadastrar (unsubscribe)</a>'
+            "</p>\n"
+        )
+        assert text_with_footer("", LINK) == (
+            f"\n\n-- \nPara não receber mais estes e-mails (to stop these emails):\n{LINK}\n"
+        )
+
+
+def test_the_unsubscribe_link_is_documented(shop: Service) -> None:
+    with shop.sessions() as session:
+        described = dict(variables_help(session))
+    assert described["unsubscribe_url"] == (
+        "Link de descadastro deste destinatário (one-click unsubscribe link); "
+        "sem ele no modelo, um rodapé com o link é acrescentado"
+    )
+    assert described["unsubscribe"] == "O mesmo link, nome antigo (same link, older name)"

@@ -1,4 +1,5 @@
-"""The `portaria rules` commands: define, preview, run and follow automation rules."""
+"""The `portaria rules` commands: define, preview, run and follow automation rules,
+and the addresses that asked for no rule email (unsubscribes)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.orm import Session
 
 from engine.conditions import condition_from_text, describe_condition, vocabulary
@@ -26,12 +28,16 @@ from engine.rules import (
     import_rules,
     list_rules,
     preview,
+    remove_rule,
     rule_history,
     run_rule,
     set_rule_active,
+    unsubscribe,
+    unsubscribed_addresses,
 )
-from portaria.console import CommandError, ConfigOption, friendly, out, service_for
+from portaria.console import CommandError, ConfigOption, actor, friendly, out, service_for
 from portaria.db import utcnow
+from portaria.outbox import InvalidRecipient, check_recipient
 
 app = typer.Typer(
     help="Regras (rules): condições que escolhem clientes e ações sobre eles.",
@@ -413,7 +419,12 @@ def _print_preview(result: Preview, *, show_emails: bool) -> None:
                     )
             if outcome.problem:
                 lines.append(f"    PROBLEMA no e-mail {outcome.template!r}: {outcome.problem}")
+            elif show_emails and not outcome.sending:
+                lines.append(f"    e-mail {outcome.template!r}: sem destinatário (no recipient)")
             elif show_emails and outcome.rendered is not None:
+                lines.append(f"    Para (to): {outcome.sending[0]}")
+                if outcome.reply_to:
+                    lines.append(f"    Responder a (Reply-To): {outcome.reply_to}")
                 lines.append(f"    Assunto (subject): {outcome.rendered.subject}")
                 lines += [f"      | {text}" for text in outcome.rendered.text.splitlines()]
     hidden = result.matched - len(result.customers)
@@ -441,6 +452,72 @@ def rules_run(name: NameArgument, config: ConfigOption = None) -> None:
     out.print("e-mails na fila: envie com `portaria outbox send` ou deixe o `portaria schedule`.")
     if run.status == "failed":
         raise typer.Exit(1)
+
+
+@app.command("remove")
+@friendly
+def rules_remove(name: NameArgument, config: ConfigOption = None) -> None:
+    """Remover uma regra agora, sem confirmação. O histórico de execuções dela é apagado
+    junto (run history is deleted too); as tarefas e playbooks que ela carregou ficam nos
+    clientes, e e-mails já na fila ainda saem. Para só parar a regra, use `rules disable`."""
+    service = service_for(config)
+    with service.transaction() as session:
+        removed = remove_rule(session, name)
+    out.print(
+        f"Regra removida (rule removed): {removed.name} (#{removed.id}); "
+        f"{removed.runs} execução(ões) apagada(s) do histórico (runs deleted); "
+        f"{removed.loads} carga(s) de playbook continuam nos clientes (loads kept)",
+        markup=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("unsubscribe")
+@friendly
+def rules_unsubscribe(
+    email: Annotated[str, typer.Argument(help="Endereço que não quer mais e-mails das regras.")],
+    by: Annotated[
+        str | None, typer.Option("--by", help="Quem registra (who; default cli:<login>).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Descadastrar um endereço (por telefone, por exemplo): nenhuma regra manda mais e-mail."""
+    try:
+        address = check_recipient(email).lower()
+    except InvalidRecipient:
+        raise CommandError(
+            f"endereço inválido (bad address) {email!r}: use um e-mail como nome@empresa.com.br"
+        ) from None
+    service = service_for(config)
+    with service.transaction() as session:
+        added = unsubscribe(session, address, source=actor(by))
+    if added:
+        out.print(
+            f"Descadastrado (unsubscribed): {address}; nenhuma regra enviará e-mail a ele",
+            markup=False,
+        )
+    else:
+        out.print(f"Já estava descadastrado (already unsubscribed): {address}", markup=False)
+
+
+@app.command("unsubscribed")
+@friendly
+def rules_unsubscribed(config: ConfigOption = None) -> None:
+    """Endereços descadastrados, do mais recente: quando e por onde (link ou quem registrou)."""
+    service = service_for(config)
+    with service.sessions() as session:
+        rows = [
+            (row.email, _local(row.at, service.settings.engine.timezone), row.source)
+            for row in unsubscribed_addresses(session)
+        ]
+    if not rows:
+        out.print("nenhum endereço descadastrado (no unsubscribed addresses)")
+        return
+    table = Table("e-mail", "quando (when)", "origem (source)")
+    for row in rows:
+        # Text, not markup: the addresses and sources come from outside.
+        table.add_row(*(Text(value) for value in row))
+    out.print(table)
 
 
 @app.command("history")

@@ -3,14 +3,19 @@
 Two plain functions with Typer-annotated parameters; the CLI registers them as
 top-level commands. This is the composition root of the scheduler: it builds
 the jobs (outbox, and intake when asked), which the engine cannot import.
+Each rule run is printed on standard output as one line (:func:`run_line`),
+with or without ``-v``: a person watching the process sees the runs, and the
+log level stays for diagnosing.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,11 +24,14 @@ from config.settings import Settings
 from engine.scheduler import (
     DEFAULT_TICK_SECONDS,
     Job,
+    RunSummary,
     Scheduler,
     install_stop_signals,
     outbox_job,
 )
+from portaria.commands.rules import RUN_LABELS
 from portaria.console import ConfigOption, friendly, out, service_for
+from portaria.db import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +55,27 @@ def intake_job(sessions: sessionmaker[Session], settings: Settings) -> Job:
     return Job("intake", timedelta(seconds=settings.mailbox.poll_interval), work)
 
 
+def run_line(summary: RunSummary, zone: str, at: datetime) -> str:
+    """``2026-12-04 08:00:03 regra (rule) #3 'Diária': execução (run) #12 ok; ...``,
+    with ``at`` shown in ``zone``."""
+    when = at.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M:%S")
+    status = RUN_LABELS.get(summary.status, summary.status)
+    resumed = " (retomada, resumed)" if summary.resumed else ""
+    return (
+        f"{when} regra (rule) #{summary.rule_id} {summary.rule_name!r}: execução (run) "
+        f"#{summary.run_id}{resumed} {status}; {summary.matched} cliente(s) (matched), "
+        f"{summary.actions_done} ação(ões) (actions), {summary.errors} erro(s) (errors)"
+    )
+
+
+def _printer(settings: Settings) -> Callable[[RunSummary], None]:
+    def show(summary: RunSummary) -> None:
+        line = run_line(summary, settings.engine.timezone, utcnow())
+        out.print(line, markup=False, soft_wrap=True)
+
+    return show
+
+
 @friendly
 def schedule_command(
     config: ConfigOption = None,
@@ -63,7 +92,13 @@ def schedule_command(
         jobs.append(intake_job(service.sessions, service.settings))
     stop = threading.Event()
     install_stop_signals(stop)
-    scheduler = Scheduler(service.sessions, service.settings, jobs=jobs, stop=stop)
+    scheduler = Scheduler(
+        service.sessions,
+        service.settings,
+        jobs=jobs,
+        stop=stop,
+        on_run=_printer(service.settings),
+    )
     out.print(
         "agendador rodando (scheduler running): "
         + ", ".join(["regras", *(job.name for job in jobs)])
@@ -99,6 +134,7 @@ def run_command(
         service.settings,
         jobs=[outbox_job(service.sessions, service.settings)],
         stop=stop.event,
+        on_run=_printer(service.settings),
     )
     out.print("portaria rodando: entrada, regras e fila de e-mails; Ctrl+C para parar")
     scheduler.run_forever(tick_seconds=tick)

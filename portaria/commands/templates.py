@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.table import Table
@@ -11,17 +11,21 @@ from rich.table import Table
 from engine.calendar import today_for
 from engine.customers import get_customer
 from engine.errors import EmailRenderError
-from engine.rules import get_rule, unsubscribe_link
+from engine.rules import get_rule
 from engine.templating import (
+    REFUSED,
+    EmailTemplateProblems,
     create_template,
     edit_template,
     email_context,
     get_template,
     list_templates,
+    problem_detail,
     remove_template,
     render_email,
     variables_help,
 )
+from engine.unsubscribe import unsubscribe_links
 from portaria.console import CommandError, ConfigOption, friendly, out, service_for
 
 app = typer.Typer(
@@ -50,6 +54,14 @@ def _read(file: Path | None, option: str) -> str | None:
         raise CommandError(f"{option}: {reason}") from None
     except UnicodeDecodeError:
         raise CommandError(f"{option}: {file} precisa ser UTF-8 (must be UTF-8)") from None
+
+
+def _print_refusal(exc: EmailTemplateProblems) -> NoReturn:
+    """Every problem on its own line: part, line and name, so all are fixed in one go."""
+    if len(exc.problems) == 1:
+        raise CommandError(str(exc))
+    lines = [problem_detail(p) for p in exc.problems]
+    raise CommandError(f"{REFUSED}, {len(lines)} problemas (problems):\n  " + "\n  ".join(lines))
 
 
 def _body(text: str | None, text_file: Path | None) -> str | None:
@@ -112,11 +124,14 @@ def templates_create(
         raise CommandError("informe --subject e --text ou --text-file (subject and body needed)")
     html = _read(html_file, "--html-file")
     service = service_for(config)
-    with service.transaction() as session:
-        template = create_template(
-            session, name=name, subject=subject, body_text=body, body_html=html
-        )
-        shown = template.name
+    try:
+        with service.transaction() as session:
+            template = create_template(
+                session, name=name, subject=subject, body_text=body, body_html=html
+            )
+            shown = template.name
+    except EmailTemplateProblems as exc:
+        _print_refusal(exc)
     out.print(f"Modelo criado (template created): {shown}", markup=False)
 
 
@@ -140,11 +155,14 @@ def templates_edit(
     if all(v is None for v in (rename, subject, body, html)):
         raise CommandError("nada a alterar (nothing to change): veja --help")
     service = service_for(config)
-    with service.transaction() as session:
-        template = edit_template(
-            session, name, new_name=rename, subject=subject, body_text=body, body_html=html
-        )
-        shown = template.name
+    try:
+        with service.transaction() as session:
+            template = edit_template(
+                session, name, new_name=rename, subject=subject, body_text=body, body_html=html
+            )
+            shown = template.name
+    except EmailTemplateProblems as exc:
+        _print_refusal(exc)
     out.print(f"Modelo alterado (template changed): {shown}", markup=False)
 
 
@@ -187,9 +205,10 @@ def templates_preview(
     ] = None,
     config: ConfigOption = None,
 ) -> None:
-    """Mostrar o e-mail como um cliente o receberia; nada é enviado."""
+    """Mostrar o e-mail como o contato do cliente o receberia; nada é enviado."""
     service = service_for(config)
     settings = service.settings
+    links = unsubscribe_links(settings)
     with service.sessions() as session:
         template = get_template(session, name)
         card = get_customer(session, customer)
@@ -198,13 +217,15 @@ def templates_preview(
             (a["playbook"] for a in (found.actions if found else []) if a["kind"] == "playbook"),
             None,
         )
+        # The link is the contact's, as in a run; a card without one shows a sample's.
+        recipient = card.contact_email or "contato@exemplo.com.br"
         context = email_context(
             session,
             card,
             today=today_for(settings),
             rule=found,
             playbook_name=playbook,
-            unsubscribe=unsubscribe_link(settings),
+            unsubscribe_url=links.url(recipient),
         )
         try:
             rendered = render_email(template, context)
