@@ -32,6 +32,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -511,6 +512,17 @@ def load_settings(
         settings = Settings(config_dir=(file.parent if source else Path(".")).resolve())
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(exc, file if source else None)) from exc
+    except SettingsError as exc:
+        # Raised before validation when an environment value cannot be decoded;
+        # lists and tables there must be JSON.
+        field = re.search(r'field "(\w+)"', str(exc))
+        section = field.group(1) if field else "?"
+        raise ConfigError(
+            f"PORTARIA_{section.upper()}__*: um valor do ambiente não pôde ser lido "
+            f"(an environment value could not be read): {exc.__cause__ or exc}; listas e "
+            "tabelas vão em JSON (lists and tables are JSON), ex. "
+            "PORTARIA_INTAKE__ALLOWED_REQUESTERS='[\"empresa.com.br\"]'"
+        ) from exc
     finally:
         _toml_file_for_loading["path"] = None
     return settings
