@@ -530,3 +530,24 @@ class TestAfterRealFaults:
         )
         assert report.findings[1].action_pt == failure_advice(report.mailbox.last_error, "pt-BR")
         assert report.findings[1].action_pt.startswith("o servidor não responde")
+
+
+def test_a_mailbox_that_never_worked_needs_a_person_at_once(
+    service: Service, settings: Settings
+) -> None:
+    now = utcnow()
+    with transaction(service.sessions) as session:
+        session.add(
+            MailboxState(
+                mailbox=identity(settings),
+                last_poll_at=now,
+                last_error="IMAP server 127.0.0.1:1: connecting: Connection refused",
+                failing_since=now - timedelta(minutes=2),
+            )
+        )
+
+    with service.sessions() as session:
+        report = read_status(session, settings, now=now)
+
+    [finding] = [f for f in report.findings if f.code == "mailbox_failing"]
+    assert finding.severity == "problem"

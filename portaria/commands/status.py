@@ -17,7 +17,8 @@ Problems (each printed with what to do):
 - ``mailbox_never_polled``: the configured mailbox has never been polled;
 - ``mailbox_silent``: no poll for ``service.alert_after_minutes`` (or three
   ``mailbox.poll_interval``, whichever is longer): the poller is not running;
-- ``mailbox_failing``: polls have failed for ``service.alert_after_minutes``
+- ``mailbox_failing``: polls fail and have never succeeded, or have failed for
+  ``service.alert_after_minutes``
   or longer (a shorter failure is a warning);
 - ``outbox_failed``: emails created in the window (``--hours``, 24) that
   failed for good;
@@ -389,7 +390,10 @@ def _mailbox_findings(settings: Settings, mailbox: MailboxView, now: datetime) -
         findings.append(
             Finding(
                 "mailbox_failing",
-                "problem" if failing >= alert_after else "warning",
+                # A mailbox that has never been read is not a passing hiccup.
+                "problem"
+                if failing >= alert_after or mailbox.last_success_at is None
+                else "warning",
                 f"a leitura da caixa falha há {_duration(failing, 'pt')}",
                 f"polling has failed for {_duration(failing, 'en')}",
                 failure_advice(mailbox.last_error, "pt-BR"),
@@ -559,7 +563,12 @@ def format_status(report: StatusReport, zone: ZoneInfo) -> str:
     problems = report.problems
     warnings = [f for f in report.findings if f.severity == "warning"]
     lines.append("")
-    if not problems:
+    if not problems and warnings:
+        lines.append(
+            f"Nada precisa de uma pessoa agora, mas veja {len(warnings)} aviso(s) "
+            "(nothing needs a person yet; see the warnings)"
+        )
+    elif not problems:
         lines.append("Tudo certo: nada precisa de uma pessoa (all good: nothing needs a person)")
     else:
         lines.append(f"Precisa de uma pessoa (needs a person): {len(problems)}")
