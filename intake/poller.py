@@ -14,7 +14,6 @@ database fails: it logs what went wrong, waits a doubling, jittered delay
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import signal
@@ -30,7 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from config.settings import Settings
 from intake.health import record_poll_health
 from intake.models import InboundMessage, MailboxState
-from intake.receiving import ATTENTION, PROCESSED, receive
+from intake.receiving import ATTENTION, PROCESSED, inbound_row, receive
 from intake.sources import MailboxError, MailboxSource, MailboxUnavailable, open_source
 from portaria.db import transaction, utcnow
 
@@ -143,16 +142,9 @@ def _receive_one(
         raise
     except Exception as exc:  # the batch must go on; the message is kept with the reason
         log.exception("%s: message %s could not be received", mailbox, key)
-        row = InboundMessage(
-            mailbox=mailbox,
-            mailbox_key=key,
-            # The hash lets a later copy of the same bytes be known as one.
-            sha256=hashlib.sha256(raw).hexdigest(),
-            size=len(raw),
-            outcome="unreadable",
-            reason=f"internal error while reading: {type(exc).__name__}: {exc}"[:2000],
-            destination=ATTENTION,
-        )
+        row = inbound_row(mailbox, key, raw)
+        row.reason = f"internal error while reading: {type(exc).__name__}: {exc}"[:2000]
+        row.destination = ATTENTION
         session.add(row)
         session.flush()
         return row

@@ -78,17 +78,26 @@ def own_domain(settings: Settings) -> str:
     return str(settings.outbound.from_address).rpartition("@")[2].lower()
 
 
-def receive(
-    session: Session, settings: Settings, *, mailbox: str, key: str, raw: bytes
-) -> InboundMessage:
-    """Record what becomes of one message and queue whatever it asks for."""
-    row = InboundMessage(
+def inbound_row(mailbox: str, key: str, raw: bytes) -> InboundMessage:
+    """The record of `raw` as it arrived: unreadable until it has been read.
+
+    The hash lets a later copy of the same bytes be known as one, however the
+    first copy ended.
+    """
+    return InboundMessage(
         mailbox=mailbox,
         mailbox_key=key,
         sha256=hashlib.sha256(raw).hexdigest(),
         size=len(raw),
         outcome="unreadable",
     )
+
+
+def receive(
+    session: Session, settings: Settings, *, mailbox: str, key: str, raw: bytes
+) -> InboundMessage:
+    """Record what becomes of one message and queue whatever it asks for."""
+    row = inbound_row(mailbox, key, raw)
     session.add(row)
 
     # Size first: an oversize message is read for its headers only.

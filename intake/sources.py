@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import quote
 
 from imapclient import IMAPClient
@@ -46,6 +46,9 @@ MAILDIR_CHECK_INTERVAL = 0.25
 
 # Maildir file names are "<unique>:2,<flags>"; the unique part is the key.
 MAILDIR_INFO_SEPARATOR = ":"
+
+# What an act on a Maildir file returns (the bytes read, or nothing).
+_Done = TypeVar("_Done")
 
 
 class MailboxError(PortariaError):
@@ -306,14 +309,13 @@ class ImapMailbox:
                 f"{self._server}: no password for {username!r}; "
                 "set mailbox.password_file or PORTARIA_MAILBOX__PASSWORD"
             )
-        with self._talking(f"logging in as {username!r}"):
-            try:
-                client.login(username, password.get_secret_value())
-            except LoginError as exc:
-                raise MailboxLoginRefused(
-                    f"{self._server} refused the login of {username!r} ({_reason(exc)}); "
-                    "check mailbox.username and the password"
-                ) from exc
+        with (
+            self._talking(f"logging in as {username!r}"),
+            self._refused_login(
+                f"the login of {username!r}", "check mailbox.username and the password"
+            ),
+        ):
+            client.login(username, password.get_secret_value())
         log.debug("%s: logged in", self.identity)
 
     def _login_oauth2(self) -> None:
@@ -329,16 +331,26 @@ class ImapMailbox:
             token = read_access_token(self.settings.oauth2, self._resolve, key="mailbox.oauth2")
         except AccessTokenUnavailable as exc:
             raise MailboxLoginRefused(f"{self._server}: no access token: {exc}") from exc
-        with self._talking(f"logging in as {username!r} with OAuth2"):
-            try:
-                client.oauth2_login(username, token)
-            except LoginError as exc:
-                raise MailboxLoginRefused(
-                    f"{self._server} refused the OAuth2 login of {username!r} "
-                    f"({_reason(exc)}); check mailbox.username and that the token from "
-                    "mailbox.oauth2 is current and allows IMAP for this mailbox"
-                ) from exc
+        with (
+            self._talking(f"logging in as {username!r} with OAuth2"),
+            self._refused_login(
+                f"the OAuth2 login of {username!r}",
+                "check mailbox.username and that the token from mailbox.oauth2 is current "
+                "and allows IMAP for this mailbox",
+            ),
+        ):
+            client.oauth2_login(username, token)
         log.debug("%s: logged in with OAuth2", self.identity)
+
+    @contextmanager
+    def _refused_login(self, login: str, advice: str) -> Iterator[None]:
+        """Turn the server's refusal of `login` into MailboxLoginRefused with `advice`."""
+        try:
+            yield
+        except LoginError as exc:
+            raise MailboxLoginRefused(
+                f"{self._server} refused {login} ({_reason(exc)}); {advice}"
+            ) from exc
 
     def _select_inbox(self) -> None:
         client = self._connected()
@@ -543,49 +555,21 @@ class MaildirMailbox:
         return sorted(files)
 
     def fetch(self, keys: Sequence[str]) -> Iterator[Fetched]:
-        files = self._files()
-        for key in keys:
-            for _attempt in range(2):
-                path = files.get(key)
-                if path is None:
-                    break
-                try:
-                    raw = path.read_bytes()
-                except FileNotFoundError:
-                    # A mail client renamed it (new flags, or new/ to cur/).
-                    files = self._files()
-                    continue
-                except OSError as exc:
-                    raise MailboxError(
-                        f"{self.identity}: cannot read message {key}: {_reason(exc)}"
-                    ) from exc
-                yield Fetched(key, raw)
-                break
+        for key, raw in self._each_file(keys, Path.read_bytes, lambda key: f"read message {key}"):
+            yield Fetched(key, raw)
 
     def move(self, keys: Sequence[str], folder: str) -> None:
         if not keys:
             return
         target = self._folder_path(folder)
-        files = self._files()
-        moved = 0
-        for key in keys:
-            for _attempt in range(2):
-                path = files.get(key)
-                if path is None:
-                    break
-                try:
-                    # Same filesystem, so the rename is atomic: the message is
-                    # in exactly one of the two folders at any moment.
-                    os.rename(path, target / "cur" / _cur_name(path.name))
-                except FileNotFoundError:
-                    files = self._files()
-                    continue
-                except OSError as exc:
-                    raise MailboxError(
-                        f"{self.identity}: cannot move message {key} to {folder}: {_reason(exc)}"
-                    ) from exc
-                moved += 1
-                break
+
+        def rename(path: Path) -> None:
+            # Same filesystem, so the rename is atomic: the message is
+            # in exactly one of the two folders at any moment.
+            os.rename(path, target / "cur" / _cur_name(path.name))
+
+        done = self._each_file(keys, rename, lambda key: f"move message {key} to {folder}")
+        moved = sum(1 for _ in done)
         log.info(
             "%s: moved %d messages to %s (%d already gone)",
             self.identity,
@@ -617,6 +601,33 @@ class MaildirMailbox:
         except OSError as exc:
             raise MailboxUnavailable(f"{self.identity}: cannot list: {_reason(exc)}") from exc
         return files
+
+    def _each_file(
+        self, keys: Sequence[str], act: Callable[[Path], _Done], doing: Callable[[str], str]
+    ) -> Iterator[tuple[str, _Done]]:
+        """Apply `act` to the file of each key still in the Maildir: (key, result).
+
+        A file that a mail client renamed meanwhile is looked up once more.
+        `doing(key)` names the act in the error when a file cannot be used.
+        """
+        files = self._files()
+        for key in keys:
+            for _attempt in range(2):
+                path = files.get(key)
+                if path is None:
+                    break
+                try:
+                    done = act(path)
+                except FileNotFoundError:
+                    # A mail client renamed it (new flags, or new/ to cur/).
+                    files = self._files()
+                    continue
+                except OSError as exc:
+                    raise MailboxError(
+                        f"{self.identity}: cannot {doing(key)}: {_reason(exc)}"
+                    ) from exc
+                yield key, done
+                break
 
     def _folder_path(self, folder: str) -> Path:
         # Maildir++ keeps every level in one directory name, "." between levels.
