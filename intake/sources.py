@@ -537,6 +537,13 @@ class MaildirMailbox:
         self._known_folders: set[str] = set()
 
     def __enter__(self) -> MaildirMailbox:
+        # A missing inbox is a typo far more often than a fresh install (init makes
+        # it): creating it would read an empty folder for ever and call that fine.
+        if not self.path.is_dir():
+            raise MailboxFolderMissing(
+                f"Maildir {self.path} não existe (does not exist); corrija mailbox.maildir "
+                "ou rode (run) `portaria init`"
+            )
         try:
             _make_maildir(self.path)
         except OSError as exc:

@@ -99,7 +99,9 @@ class MaildirUnderTest:
         return self.config_dir / "mail" / "inbox"
 
     def source(self, **overrides: Any) -> MailboxSource:
-        # A relative path, as in portaria.toml, anchored by resolve.
+        # A relative path, as in portaria.toml, anchored by resolve; `portaria init`
+        # makes the inbox folder.
+        self.path.mkdir(parents=True, exist_ok=True)
         settings = MailboxSettings(kind="maildir", maildir=Path("mail/inbox"), **overrides)
         return open_source(settings, lambda path: self.config_dir / path)
 
@@ -573,6 +575,15 @@ def _first_answer_false(exists: Any, folder: str) -> Any:
 
 
 class TestMaildirLayout:
+    def test_a_missing_inbox_is_named_not_created(self, tmp_path: Path) -> None:
+        settings = MailboxSettings(kind="maildir", maildir=Path("caixa-com-erro"))
+
+        with pytest.raises(MailboxFolderMissing) as caught:
+            open_source(settings, lambda path: tmp_path / path).__enter__()
+
+        assert f"Maildir {tmp_path / 'caixa-com-erro'} não existe" in str(caught.value)
+        assert not (tmp_path / "caixa-com-erro").exists()
+
     def test_the_inbox_is_created_when_missing(self, tmp_path: Path) -> None:
         maildir = MaildirUnderTest(tmp_path)
 
