@@ -31,7 +31,8 @@ from sqlalchemy import insert, select
 from config.settings import Settings
 from engine.conditions import matching_customer_ids
 from engine.models import Customer, CustomField, Playbook, PlaybookStep, Task
-from engine.rules import create_rule, preview, run_rule
+from engine.rules import create_rule
+from engine.runs import preview, run_rule
 from portaria.wiring import Service, open_service
 
 T = TypeVar("T")

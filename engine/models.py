@@ -2,7 +2,7 @@
 
 Rules keep their conditions and actions as plain data (JSON lists), so they can be
 exported, imported, shown and explained; the code that applies them lives in
-``engine.rules`` and ``engine.conditions``.
+``engine.conditions``, ``engine.actions`` and ``engine.runs``.
 """
 
 from __future__ import annotations

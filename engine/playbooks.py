@@ -30,9 +30,7 @@ whose name exists replaces its tasks and status.
 
 from __future__ import annotations
 
-import json
 import logging
-import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -44,15 +42,22 @@ from sqlalchemy.orm import Session
 
 from engine.calendar import BusinessCalendar
 from engine.customers import get_customer, normalise_name
+from engine.definition_files import (
+    DefinitionImportReport,
+    file_format,
+    read_definition_file,
+    toml_pair,
+    yaml_document,
+)
 from engine.errors import (
     CustomerNotFound,
-    EngineError,
     InvalidPlaybook,
     PlaybookAlreadyLoaded,
     PlaybookExists,
     PlaybookNotFound,
     PlaybookNotLoadable,
 )
+from engine.lookup import find_by_id_or_name
 from engine.models import Customer, Playbook, PlaybookLoad, PlaybookStep, Task
 from portaria.db import utcnow
 
@@ -154,20 +159,7 @@ def make_step(name: str, kind: str, business_days: Any = None) -> StepSpec:
 
 def get_playbook(session: Session, playbook: int | str | Playbook) -> Playbook:
     """By id; from text, by exact name, by name ignoring case, then by id."""
-    if isinstance(playbook, Playbook):
-        return playbook
-    found: Playbook | None = None
-    if isinstance(playbook, int):
-        found = session.get(Playbook, playbook)
-    else:
-        name = playbook.strip()
-        found = session.scalar(select(Playbook).where(Playbook.name == name))
-        if found is None:
-            found = session.scalar(
-                select(Playbook).where(func.lower(Playbook.name) == name.lower()).limit(1)
-            )
-        if found is None and name.isdigit():
-            found = session.get(Playbook, int(name))
+    found = find_by_id_or_name(session, Playbook, playbook)
     if found is None:
         raise PlaybookNotFound(f"Playbook não encontrado (playbook not found): {playbook}")
     return found
@@ -555,54 +547,15 @@ def close_load_if_finished(session: Session, load_id: int) -> bool:
 # Files
 
 
-def _file_format(path: Path) -> str:
-    suffix = path.suffix.lower()
-    if suffix == ".toml":
-        return "toml"
-    if suffix in (".yaml", ".yml"):
-        return "yaml"
-    raise InvalidPlaybook(
-        f"formato desconhecido (unknown format) {path.name}: use .toml, .yaml ou .yml"
-    )
-
-
-def _yaml() -> Any:
-    try:
-        import yaml
-    except ImportError as exc:  # pyyaml is optional; TOML always works
-        raise EngineError(
-            "arquivos YAML precisam do pacote pyyaml (YAML needs pyyaml): pip install pyyaml"
-        ) from exc
-    return yaml
+def _refused_file(message: str, problems: list[str]) -> InvalidPlaybook:
+    """A playbook file that cannot be used: one message, the problems already in it."""
+    return InvalidPlaybook(message)
 
 
 def read_playbook_file(path: Path | str) -> list[PlaybookSpec]:
     """Parse and check a playbook file; every problem is reported at once."""
     file = Path(path)
-    kind = _file_format(file)
-    try:
-        text = file.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise InvalidPlaybook(
-            f"não foi possível ler (cannot read) {file}: {exc.strerror}"
-        ) from exc
-    except UnicodeDecodeError:
-        raise InvalidPlaybook(
-            f"{file.name}: o arquivo precisa ser UTF-8 (must be UTF-8)"
-        ) from None
-    if kind == "toml":
-        try:
-            data: Any = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidPlaybook(f"{file.name}: TOML inválido (bad TOML): {exc}") from None
-    else:
-        yaml = _yaml()
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            where = getattr(exc, "problem_mark", None)
-            at = f" (linha {where.line + 1})" if where is not None else ""
-            raise InvalidPlaybook(f"{file.name}: YAML inválido (bad YAML){at}") from None
+    data = read_definition_file(file, _refused_file)
     return parse_playbooks(data, source=file.name)
 
 
@@ -701,16 +654,10 @@ def _parse_task(task: Any, label: str, problems: list[str]) -> StepSpec | None:
         return None
 
 
-@dataclass
-class PlaybookImportReport:
-    created: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-
-
-def import_playbooks(session: Session, path: Path | str) -> PlaybookImportReport:
+def import_playbooks(session: Session, path: Path | str) -> DefinitionImportReport:
     """Create the file's playbooks, or replace the tasks and status of those that exist."""
     specs = read_playbook_file(path)
-    report = PlaybookImportReport()
+    report = DefinitionImportReport()
     for spec in specs:
         try:
             existing = get_playbook(session, spec.name)
@@ -758,18 +705,17 @@ def dump_playbooks(specs: Sequence[PlaybookSpec], fmt: str) -> str:
                 for spec in specs
             ]
         }
-        return str(_yaml().safe_dump(data, allow_unicode=True, sort_keys=False))
-    # A JSON string is a valid TOML basic string, escapes included.
+        return yaml_document(data)
     lines = ["# Playbooks do Portaria (Portaria playbooks)"]
     for spec in specs:
-        lines += ["", "[[playbooks]]", f"name = {json.dumps(spec.name, ensure_ascii=False)}"]
-        lines.append(f"active = {'true' if spec.active else 'false'}")
+        lines += ["", "[[playbooks]]", toml_pair("name", spec.name)]
+        lines.append(toml_pair("active", spec.active))
         for step in spec.steps:
             lines += ["", "[[playbooks.tasks]]"]
-            lines.append(f"name = {json.dumps(step.name, ensure_ascii=False)}")
-            lines.append(f'kind = "{step.kind}"')
+            lines.append(toml_pair("name", step.name))
+            lines.append(toml_pair("kind", step.kind))
             if step.business_days is not None:
-                lines.append(f"days = {step.business_days}")
+                lines.append(toml_pair("days", step.business_days))
     return "\n".join(lines) + "\n"
 
 
@@ -778,7 +724,7 @@ def export_playbooks(
 ) -> list[str]:
     """Write the named playbooks (all active and inactive ones when none named) to a file."""
     file = Path(path)
-    fmt = _file_format(file)
+    fmt = file_format(file, _refused_file)
     found = [get_playbook(session, p) for p in playbooks] if playbooks else list_playbooks(session)
     file.write_text(dump_playbooks([playbook_spec(p) for p in found], fmt), encoding="utf-8")
     log.info("playbooks export %s: %s", file.name, ", ".join(p.name for p in found))

@@ -5,7 +5,7 @@ database, so a restart neither skips nor repeats anything:
 
 * a rule is due when ``Rule.next_run_at`` has passed. Each tick claims it
   with a compare-and-set that moves ``next_run_at`` past now in the same
-  transaction that records the run's start (``engine.rules.claim_due_run``):
+  transaction that records the run's start (``engine.runs.claim_due_run``):
   slots missed while the scheduler was down collapse into one run, and of two
   schedulers only one wins a slot;
 * a job (``SchedulerJob`` row by name) is due when its ``next_run_at`` has
@@ -15,7 +15,7 @@ database, so a restart neither skips nor repeats anything:
   it died. A live run (this scheduler's, another scheduler's, or a manual
   ``rules run`` in another process) renews its heartbeat after every batch.
   Each tick looks for such runs; claiming one is a compare-and-set on its
-  heartbeat (``engine.rules.claim_stale_run``), so two schedulers never both
+  heartbeat (``engine.runs.claim_stale_run``), so two schedulers never both
   finish it, and its actions are idempotent.
 
 Every rule run done (or resumed) is handed to ``on_run``, so the command can
@@ -46,7 +46,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
 from engine.models import Rule, RuleRun, SchedulerJob
-from engine.rules import claim_due_run, due_rule_ids, execute_run, resume_run, stale_run_ids
+from engine.rules import due_rule_ids
+from engine.runs import claim_due_run, execute_run, resume_run, stale_run_ids
 from portaria.db import transaction, utcnow
 from portaria.outbox import send_due
 

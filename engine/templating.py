@@ -524,7 +524,7 @@ def email_context(
     """The variables of one customer's email (see the module docstring).
 
     ``unsubscribe_url`` belongs to one recipient: a caller mailing several
-    addresses replaces it for each (see ``engine.rules.EmailAction``).
+    addresses replaces it for each (see ``engine.actions.EmailAction``).
     """
     owner = session.get(User, customer.owner_id) if customer.owner_id else None
     task = session.scalar(

@@ -1,4 +1,8 @@
-"""One-click unsubscribe links of rule emails (RFC 8058) and the key that signs them.
+"""Unsubscribes from rule emails: the addresses that asked, and the signed links.
+
+An unsubscribe is one row per address (:func:`unsubscribe`), from a link or
+recorded by a person; no rule emails that address again. Every rule email
+carries its recipient's one-click unsubscribe link (RFC 8058).
 
 A link is ``{service.base_url}/unsubscribe/{token}``. The token is the
 recipient's address and an HMAC-SHA256 of it under the service's secret key,
@@ -11,7 +15,6 @@ The key is ``service.secret_key`` or, when that is not set, the contents of
 ``service.secret_key_file`` (``var/secret.key`` beside the configuration by
 default), which ``portaria init`` creates. It is read when links are made or
 checked, not when settings load, so commands that need no link run without it.
-Recording an unsubscribe is ``engine.rules.unsubscribe``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,12 @@ import os
 import secrets
 from pathlib import Path
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from config.settings import Settings
 from engine.errors import EngineError
+from engine.models import Unsubscribe
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,32 @@ class SecretKeyUnavailable(EngineError):
 
 class InvalidUnsubscribeToken(EngineError):
     """An unsubscribe link that was not made by this service (edited, cut or forged)."""
+
+
+def unsubscribe(session: Session, email: str, *, source: str = "link") -> bool:
+    """Stop rule emails to ``email``; False when it was already unsubscribed.
+
+    Idempotent: asking again changes nothing, not even the date of the first.
+    """
+    address = email.strip().lower()
+    if session.get(Unsubscribe, address) is not None:
+        return False
+    session.add(Unsubscribe(email=address, source=source[:60]))
+    session.flush()
+    # The address stays out of the log: it is personal data and the row has it.
+    log.info("unsubscribe recorded for an address, source %s", source)
+    return True
+
+
+def is_unsubscribed(session: Session, email: str) -> bool:
+    return session.get(Unsubscribe, email.strip().lower()) is not None
+
+
+def unsubscribed_addresses(session: Session) -> list[Unsubscribe]:
+    """Every address that gets no rule email, the most recent first."""
+    return list(
+        session.scalars(select(Unsubscribe).order_by(Unsubscribe.at.desc(), Unsubscribe.email))
+    )
 
 
 def secret_key_path(settings: Settings) -> Path:

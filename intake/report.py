@@ -36,6 +36,8 @@ OUTCOME_LABELS = {
     "request": "pedido (request)",
     "incomplete": "incompleto (incomplete)",
     "ignored": "ignorado (ignored)",
+    "held": "retido para revisão (held)",
+    "unreadable": "ilegível (unreadable)",
 }
 FIELD_LABELS = {
     "name": "nome (name)",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -174,27 +175,24 @@ def parse(
     config: ConfigOption = None,
 ) -> None:
     """Mostrar o que a Portaria entende de mensagens; nada é gravado nem enviado (dry run)."""
-    from intake.errors import IntakeError
-    from intake.report import format_report, parse_report
+    from intake.dry_run import dry_run
+    from intake.report import format_report
 
-    tag = "#ACESSO"
     try:
-        if config is not None or config_path(None).exists():
-            tag = load_settings(config).service.tag
+        settings = load_settings(config)
     except ConfigError as exc:
-        err.print(f"configuration error: {exc}")
+        err.print(f"[bold red]erro de configuração (configuration error):[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
 
     several = len(files) > 1
     failed = False
     for file in files:
         try:
-            report = parse_report(file.read_bytes(), tag=tag)
+            report = dry_run(file.read_bytes(), settings)
         except OSError as exc:
-            report = {"outcome": "unreadable", "reason": f"cannot read file: {exc.strerror}"}
+            reason = f"não foi possível ler o arquivo (cannot read file): {exc.strerror}"
+            report = {"outcome": "unreadable", "reason": reason}
             failed = True
-        except IntakeError as exc:
-            report = {"outcome": "unreadable", "reason": str(exc)}
         if several:
             report = {"file": str(file), **report}
         if as_json:
@@ -209,7 +207,7 @@ def parse(
 
 
 def _unreadable(report: dict[str, Any]) -> str:
-    return f"Resultado (outcome): ilegível (unreadable)\nMotivo (reason): {report['reason']}"
+    return f"Resultado (result): ilegível (unreadable)\nMotivo (reason): {report['reason']}"
 
 
 @requests_app.command("list")

@@ -1,10 +1,11 @@
-"""What every CLI command shares: the --config option, error printing, the actor's name."""
+"""What the CLI commands share: the --config and --today options, error printing, the actor."""
 
 from __future__ import annotations
 
 import getpass
 import sys
 from collections.abc import Callable
+from datetime import date
 from functools import wraps
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -14,6 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from config.settings import ConfigError, load_settings
+from engine.customers import parse_date
+from engine.errors import InvalidCustomerValue
 from portaria.errors import PortariaError
 from portaria.wiring import Service, open_service
 
@@ -77,3 +80,13 @@ def service_for(config: Path | None) -> Service:
 def actor(by: str | None) -> str:
     """Who a decision is recorded as: --by, else the operating-system login."""
     return by or f"cli:{getpass.getuser()}"
+
+
+def reference_day(text: str | None) -> date | None:
+    """A --today option: dd/mm/aaaa or aaaa-mm-dd."""
+    if text is None:
+        return None
+    try:
+        return parse_date(text)
+    except InvalidCustomerValue as exc:
+        raise CommandError(f"--today: {exc}") from None

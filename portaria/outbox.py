@@ -2,10 +2,11 @@
 
 This module owns the life of an outgoing email: :func:`enqueue` writes the
 letter, its recipients and its headers into an ``outbox`` row inside the
-caller's transaction; :func:`send_due` later delivers the due rows through a
-transport (SMTP, or a local Maildir when no server is configured) and
-records the outcome; :func:`retry` and :func:`list_outbox` serve the people
-who look after it.
+caller's transaction, and :func:`enqueue_letter` queues a letter written
+elsewhere (a rule's email) with the same headers; :func:`send_due` later
+delivers the due rows through a transport (SMTP, or a local Maildir when no
+server is configured) and records the outcome; :func:`retry` and
+:func:`list_outbox` serve the people who look after it.
 
 Delivery is exactly once from the reader's point of view. The Message-ID
 is fixed when the row is created and never changes, so every retry is the
@@ -161,6 +162,19 @@ def check_recipient(address: str) -> str:
     return candidate
 
 
+class RenderedLetter(Protocol):
+    """A letter ready to queue: a composed ``Letter`` or a rule's rendered template."""
+
+    @property
+    def subject(self) -> str: ...
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def html(self) -> str | None: ...
+
+
 def enqueue(
     session: Session,
     settings: Settings,
@@ -179,25 +193,65 @@ def enqueue(
     and nothing is queued). ``in_reply_to`` is the Message-ID of the email
     being answered and ``references`` that email's References.
     """
-    if isinstance(to, str):
-        # A bare string would be read letter by letter as recipients.
-        raise InvalidRecipient(f"recipients must be a list of addresses, got {to!r}")
-    recipients = _unique([check_recipient(address) for address in to])
-    if not recipients:
-        raise InvalidRecipient("a letter needs at least one recipient")
-
+    # Recipients are checked before the letter is written, so a bad address
+    # is reported as such even when the letter could not be written either.
+    recipients = _checked_recipients(to)
     language = resolve_language(language or settings.service.language)
-    letter = compose(kind, language, context)
+    row = enqueue_letter(
+        session,
+        settings,
+        letter=compose(kind, language, context),
+        to=recipients,
+        kind=kind,
+        language=language,
+        cause=cause,
+        headers={"Content-Language": language},
+        in_reply_to=in_reply_to,
+        references=references,
+    )
+    log.info(
+        "outbox %s %s: queued %s letter (%s) for %d recipient(s), cause %s",
+        row.id,
+        row.message_id,
+        kind,
+        language,
+        len(recipients),
+        cause or "-",
+    )
+    return row
+
+
+def enqueue_letter(
+    session: Session,
+    settings: Settings,
+    *,
+    letter: RenderedLetter,
+    to: Sequence[str],
+    kind: str,
+    language: str,
+    cause: str | None,
+    headers: Mapping[str, str] | None = None,
+    in_reply_to: str | None = None,
+    references: Sequence[str] = (),
+    now: datetime | None = None,
+) -> OutboxMessage:
+    """Queue an already written letter; the caller's transaction commits it.
+
+    The row gets a new Message-ID and the headers every letter carries
+    (Auto-Submitted, threading, the loop marker, the Exchange suppression),
+    then ``headers`` in the order given. ``now`` is when it was created and
+    is first due (default: the current time).
+    """
+    recipients = _checked_recipients(to)
     sender = str(settings.outbound.from_address)
-    message_id = new_message_id(sender)
-    headers = threading_headers(in_reply_to, references)
-    headers["X-Portaria-Loop"] = sender
-    headers["X-Auto-Response-Suppress"] = "OOF, AutoReply"
-    headers["Content-Language"] = language
-    created = utcnow()
+    written = threading_headers(in_reply_to, references)
+    written["X-Portaria-Loop"] = sender
+    written["X-Auto-Response-Suppress"] = "OOF, AutoReply"
+    written.update(headers or {})
+    created = now or utcnow()
 
     row = OutboxMessage(
-        message_id=message_id,
+        message_id=new_message_id(sender),
         kind=kind,
         language=language,
         sender=sender,
@@ -205,7 +259,7 @@ def enqueue(
         subject=letter.subject,
         body_text=letter.text,
         body_html=letter.html,
-        headers=headers,
+        headers=written,
         status="pending",
         attempts=0,
         next_attempt_at=created,
@@ -214,16 +268,18 @@ def enqueue(
     )
     session.add(row)
     session.flush()
-    log.info(
-        "outbox %s %s: queued %s letter (%s) for %d recipient(s), cause %s",
-        row.id,
-        message_id,
-        kind,
-        language,
-        len(recipients),
-        cause or "-",
-    )
     return row
+
+
+def _checked_recipients(to: Sequence[str]) -> list[str]:
+    """Each address checked, repeats dropped; at least one."""
+    if isinstance(to, str):
+        # A bare string would be read letter by letter as recipients.
+        raise InvalidRecipient(f"recipients must be a list of addresses, got {to!r}")
+    recipients = _unique([check_recipient(address) for address in to])
+    if not recipients:
+        raise InvalidRecipient("a letter needs at least one recipient")
+    return recipients
 
 
 def new_message_id(sender: str) -> str:

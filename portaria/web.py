@@ -22,10 +22,11 @@ from fastapi import FastAPI, Form
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
-from engine.rules import is_unsubscribed, unsubscribe
 from engine.unsubscribe import (
     InvalidUnsubscribeToken,
     SecretKeyUnavailable,
+    is_unsubscribed,
+    unsubscribe,
     unsubscribe_links,
 )
 from portaria.errors import PortariaError

@@ -221,3 +221,29 @@ def test_bounced_addresses_can_be_listed_and_cleared(workdir: Path) -> None:
     code, output = run("outbox", "unbounce", "Ana@Cliente.test")
     assert code == 0 and "1 endereço(s) liberado(s)" in output
     assert "nenhum endereço devolvido" in run("outbox", "bounced")[1]
+
+
+def test_parse_decides_as_the_poller_does(workdir: Path) -> None:
+    run("init")
+    crowd = "\n\n".join(
+        person_block(f"Pessoa {n}", f"p{n}@cliente.test", "RH", "Comum") for n in range(60)
+    )
+    crowded = workdir / "crowded.eml"
+    crowded.write_bytes(request_message(crowd))
+    ours = workdir / "ours.eml"
+    ours.write_bytes(
+        request_message(
+            person_block("Ana Lima", "ana@x.test", "RH", "Comum"),
+            sender="Portaria <portaria@localhost>",
+        )
+    )
+
+    code, output = run("parse", "--json", str(crowded), str(ours))
+
+    assert code == 0
+    first, second = (json.loads(line) for line in output.splitlines())
+    assert first["outcome"] == "held" and "50" in first["reason"]
+    assert second["outcome"] == "ignored"
+    assert not (workdir / "var" / "mail" / "outbox" / "new").exists() or not any(
+        (workdir / "var" / "mail" / "outbox" / "new").iterdir()
+    )

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from config.settings import Settings
+from engine.actions import CardOwner, reply_to_owner
 from engine.calendar import BusinessCalendar
 from engine.errors import InvalidRule, RuleExists
 from engine.models import (
@@ -36,24 +37,18 @@ from engine.models import (
     Unsubscribe,
 )
 from engine.playbooks import load_onto_customer, set_playbook_active
+from engine.rule_files import export_rules, import_rules, read_rule_file
 from engine.rules import (
-    CardOwner,
     RemovedRule,
     create_rule,
     edit_rule,
-    export_rules,
-    import_rules,
-    preview,
-    read_rule_file,
     remove_rule,
-    reply_to_owner,
     rule_definition,
     rule_history,
-    run_rule,
-    unsubscribe,
 )
+from engine.runs import preview, run_rule
 from engine.tasks import complete_task
-from engine.unsubscribe import create_secret_key, unsubscribe_links
+from engine.unsubscribe import create_secret_key, unsubscribe, unsubscribe_links
 from portaria.cli import app
 from portaria.outbox import send_due
 from portaria.outbox_models import OutboxMessage

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-import engine.rules
+import engine.runs
 from config.settings import load_settings
 from engine.calendar import BusinessCalendar
 from engine.models import (
@@ -37,15 +37,8 @@ from engine.models import (
     SchedulerJob,
 )
 from engine.playbooks import load_playbook
-from engine.rules import (
-    RunLease,
-    claim_due_run,
-    claim_stale_run,
-    create_rule,
-    disable_rule,
-    execute_run,
-    next_due,
-)
+from engine.rules import create_rule, disable_rule, next_due
+from engine.runs import RunLease, claim_due_run, claim_stale_run, execute_run
 from engine.scheduler import (
     Job,
     RunSummary,
@@ -473,15 +466,15 @@ class TestLeases:
     def test_each_batch_renews_the_heartbeat(
         self, daily: Service, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr(engine.rules, "BATCH_SIZE", 1)
+        monkeypatch.setattr(engine.runs, "BATCH_SIZE", 1)
         seen: list[datetime | None] = []
-        act = engine.rules._act_on_batch
+        act = engine.runs._act_on_batch
 
         def watching(session: Session, *args: Any) -> None:
             seen.append(session.get_one(RuleRun, 1).heartbeat_at)
             act(session, *args)
 
-        monkeypatch.setattr(engine.rules, "_act_on_batch", watching)
+        monkeypatch.setattr(engine.runs, "_act_on_batch", watching)
         run_id = claim_due_run(daily.sessions, 1, now=self.NOW)
         execute_run(daily.sessions, daily.settings, run_id, now=self.NOW)
 
@@ -531,11 +524,11 @@ class TestLeases:
         self, daily: Service, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A stalls past the lease after its first batch; B takes the run over and ends it."""
-        monkeypatch.setattr(engine.rules, "BATCH_SIZE", 1)
+        monkeypatch.setattr(engine.runs, "BATCH_SIZE", 1)
         run_id = claim_due_run(daily.sessions, 1, now=self.NOW)
         taken_at = self.NOW + timedelta(minutes=20)
         process_b = open_service(daily.settings)
-        renew = engine.rules.RunLease.renew
+        renew = engine.runs.RunLease.renew
         claims: list[bool] = []
 
         def stalled_before_the_second_batch(lease: RunLease, session: Session) -> bool:
@@ -548,7 +541,7 @@ class TestLeases:
                 )
             return renew(lease, session)
 
-        monkeypatch.setattr(engine.rules.RunLease, "renew", stalled_before_the_second_batch)
+        monkeypatch.setattr(engine.runs.RunLease, "renew", stalled_before_the_second_batch)
         stopped = execute_run(daily.sessions, daily.settings, run_id, now=self.NOW)
 
         assert claims == [True]
@@ -559,7 +552,7 @@ class TestLeases:
         )
         assert loads(daily) == 1
 
-        monkeypatch.setattr(engine.rules.RunLease, "renew", renew)
+        monkeypatch.setattr(engine.runs.RunLease, "renew", renew)
         finished = execute_run(process_b.sessions, daily.settings, run_id, now=taken_at)
         assert (finished.status, finished.actions_done) == ("ok", 3)
         assert loads(daily) == 3

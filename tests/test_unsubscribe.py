@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 
 from config.settings import Settings, load_settings
 from engine.models import Customer, EmailTemplate, RuleRun, Unsubscribe
-from engine.rules import create_rule, run_rule
+from engine.rules import create_rule
+from engine.runs import run_rule
 from engine.unsubscribe import (
     InvalidUnsubscribeToken,
     SecretKeyUnavailable,

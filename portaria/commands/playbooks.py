@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +10,6 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from engine.calendar import calendar_from_settings, today_for
-from engine.customers import parse_date
-from engine.errors import InvalidCustomerValue
 from engine.models import Playbook
 from engine.playbooks import (
     KIND_LABELS,
@@ -32,7 +29,21 @@ from engine.playbooks import (
     set_playbook_active,
 )
 from engine.tasks import TaskLine, list_tasks
-from portaria.console import CommandError, ConfigOption, actor, friendly, out, service_for
+from portaria.commands.definition_files import (
+    ExportFileOption,
+    ImportFileArgument,
+    export_definitions,
+    print_import_report,
+)
+from portaria.console import (
+    CommandError,
+    ConfigOption,
+    actor,
+    friendly,
+    out,
+    reference_day,
+    service_for,
+)
 
 app = typer.Typer(
     help="Playbooks: listas de tarefas carregadas nos clientes (task lists for customers).",
@@ -40,16 +51,6 @@ app = typer.Typer(
 )
 
 STATUS_LABELS = {"active": "ativo", "inactive": "inativo", "archived": "arquivado"}
-
-
-def reference_day(text: str | None) -> date | None:
-    """A --today option: dd/mm/aaaa or aaaa-mm-dd."""
-    if text is None:
-        return None
-    try:
-        return parse_date(text)
-    except InvalidCustomerValue as exc:
-        raise CommandError(f"--today: {exc}") from None
 
 
 def _print_playbook(playbook: Playbook) -> None:
@@ -202,18 +203,12 @@ def playbooks_remove(
 
 @app.command("import")
 @friendly
-def playbooks_import(
-    file: Annotated[Path, typer.Argument(help="Arquivo .toml, .yaml ou .yml.")],
-    config: ConfigOption = None,
-) -> None:
+def playbooks_import(file: ImportFileArgument, config: ConfigOption = None) -> None:
     """Importar playbooks de um arquivo; os que já existem têm as tarefas substituídas."""
     service = service_for(config)
     with service.transaction() as session:
         report = import_playbooks(session, file)
-    for name in report.created:
-        out.print(f"criado (created): {name}", markup=False, soft_wrap=True)
-    for name in report.updated:
-        out.print(f"atualizado (updated): {name}", markup=False, soft_wrap=True)
+    print_import_report(report, created="criado (created)", updated="atualizado (updated)")
 
 
 @app.command("export")
@@ -222,15 +217,11 @@ def playbooks_export(
     names: Annotated[
         list[str] | None, typer.Argument(help="Playbooks (padrão: todos os não arquivados).")
     ] = None,
-    to: Annotated[Path, typer.Option("--to", help="Arquivo .toml, .yaml ou .yml.")] = Path(
-        "playbooks.toml"
-    ),
+    to: ExportFileOption = Path("playbooks.toml"),
     config: ConfigOption = None,
 ) -> None:
     """Exportar playbooks para um arquivo TOML ou YAML."""
-    service = service_for(config)
-    with service.sessions() as session:
-        written = export_playbooks(session, names or [], to)
+    written = export_definitions(config, export_playbooks, names, to)
     out.print(
         f"{len(written)} playbook(s) exportado(s) (exported) para {to}",
         markup=False,

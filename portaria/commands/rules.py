@@ -3,9 +3,11 @@ and the addresses that asked for no rule email (unsubscribes)."""
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import typer
@@ -13,29 +15,38 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.orm import Session
 
+from engine.actions import describe_action
 from engine.conditions import condition_from_text, describe_condition, vocabulary
-from engine.customers import parse_date
-from engine.errors import InvalidCustomerValue, InvalidRule
+from engine.errors import InvalidRule
 from engine.models import Rule, RuleRun
+from engine.rule_files import export_rules, import_rules
 from engine.rules import (
-    Preview,
     create_rule,
-    describe_action,
     describe_cadence,
     edit_rule,
-    export_rules,
     get_rule,
-    import_rules,
     list_rules,
-    preview,
     remove_rule,
     rule_history,
-    run_rule,
     set_rule_active,
-    unsubscribe,
-    unsubscribed_addresses,
 )
-from portaria.console import CommandError, ConfigOption, actor, friendly, out, service_for
+from engine.runs import Preview, preview, run_rule
+from engine.unsubscribe import unsubscribe, unsubscribed_addresses
+from portaria.commands.definition_files import (
+    ExportFileOption,
+    ImportFileArgument,
+    export_definitions,
+    print_import_report,
+)
+from portaria.console import (
+    CommandError,
+    ConfigOption,
+    actor,
+    friendly,
+    out,
+    reference_day,
+    service_for,
+)
 from portaria.db import utcnow
 from portaria.outbox import InvalidRecipient, check_recipient
 
@@ -154,12 +165,16 @@ def _definition(
     return definition
 
 
-def _print_refusal(exc: InvalidRule) -> NoReturn:
-    """One problem per line: a refused rule often has several."""
-    if not exc.problems:
-        raise CommandError(str(exc))
-    headline = str(exc).split(": ", 1)[0]
-    raise CommandError(headline + ":\n  " + "\n  ".join(exc.problems))
+@contextmanager
+def _refused_rule() -> Iterator[None]:
+    """A refused rule as a command error, one problem per line: it often has several."""
+    try:
+        yield
+    except InvalidRule as exc:
+        if not exc.problems:
+            raise CommandError(str(exc)) from None
+        headline = str(exc).split(": ", 1)[0]
+        raise CommandError(headline + ":\n  " + "\n  ".join(exc.problems)) from None
 
 
 @app.command("list")
@@ -256,31 +271,26 @@ def rules_create(
 ) -> None:
     """Criar uma regra; para regras longas, prefira um arquivo e `rules import`."""
     service = service_for(config)
-    try:
-        with service.transaction() as session:
-            definition = _definition(
-                session,
-                every=every,
-                unit=unit,
-                time_of_day=time_of_day,
-                timezone=timezone,
-                starts=starts,
-                match=match,
-                conditions=conditions,
-                playbook=playbook,
-                cooldown=cooldown,
-                updates=updates,
-                email=email,
-                to=to,
-            )
-            definition["name"] = name
-            definition["active"] = not inactive
-            rule = create_rule(
-                session, definition, default_timezone=service.settings.engine.timezone
-            )
-            _print_rule(rule)
-    except InvalidRule as exc:
-        _print_refusal(exc)
+    with _refused_rule(), service.transaction() as session:
+        definition = _definition(
+            session,
+            every=every,
+            unit=unit,
+            time_of_day=time_of_day,
+            timezone=timezone,
+            starts=starts,
+            match=match,
+            conditions=conditions,
+            playbook=playbook,
+            cooldown=cooldown,
+            updates=updates,
+            email=email,
+            to=to,
+        )
+        definition["name"] = name
+        definition["active"] = not inactive
+        rule = create_rule(session, definition, default_timezone=service.settings.engine.timezone)
+        _print_rule(rule)
     out.print("Regra criada (rule created).")
 
 
@@ -309,35 +319,32 @@ def rules_edit(
 ) -> None:
     """Alterar uma regra. --if substitui todas as condições; uma ação substitui todas as ações."""
     service = service_for(config)
-    try:
-        with service.transaction() as session:
-            changes = _definition(
-                session,
-                every=every,
-                unit=unit,
-                time_of_day=time_of_day,
-                timezone=timezone,
-                starts=starts,
-                match=match,
-                conditions=conditions,
-                playbook=playbook,
-                cooldown=cooldown,
-                updates=updates,
-                email=email,
-                to=to,
-            )
-            if rename is not None:
-                changes["name"] = rename
-            if no_conditions:
-                changes["conditions"] = []
-            if no_time:
-                changes["time_of_day"] = None
-            if not changes:
-                raise CommandError("nada a alterar (nothing to change): veja --help")
-            rule = edit_rule(session, name, changes)
-            _print_rule(rule)
-    except InvalidRule as exc:
-        _print_refusal(exc)
+    with _refused_rule(), service.transaction() as session:
+        changes = _definition(
+            session,
+            every=every,
+            unit=unit,
+            time_of_day=time_of_day,
+            timezone=timezone,
+            starts=starts,
+            match=match,
+            conditions=conditions,
+            playbook=playbook,
+            cooldown=cooldown,
+            updates=updates,
+            email=email,
+            to=to,
+        )
+        if rename is not None:
+            changes["name"] = rename
+        if no_conditions:
+            changes["conditions"] = []
+        if no_time:
+            changes["time_of_day"] = None
+        if not changes:
+            raise CommandError("nada a alterar (nothing to change): veja --help")
+        rule = edit_rule(session, name, changes)
+        _print_rule(rule)
     out.print("Regra alterada (rule changed).")
 
 
@@ -357,13 +364,10 @@ def rules_disable(name: NameArgument, config: ConfigOption = None) -> None:
 
 def _set_active(name: str, active: bool, config: Path | None) -> None:
     service = service_for(config)
-    try:
-        with service.transaction() as session:
-            rule = set_rule_active(session, name, active)
-            shown = f"{rule.name}: {STATUS_LABELS[rule.status]}"
-            following = _local(rule.next_run_at, rule.timezone)
-    except InvalidRule as exc:
-        _print_refusal(exc)
+    with _refused_rule(), service.transaction() as session:
+        rule = set_rule_active(session, name, active)
+        shown = f"{rule.name}: {STATUS_LABELS[rule.status]}"
+        following = _local(rule.next_run_at, rule.timezone)
     out.print(shown + (f"; próxima execução (next run) {following}" if active else ""))
 
 
@@ -384,22 +388,11 @@ def rules_preview(
     service = service_for(config)
     with service.sessions() as session:
         rule = get_rule(session, name)
-        day = _day(today) or utcnow().astimezone(ZoneInfo(rule.timezone)).date()
-        try:
+        day = reference_day(today) or utcnow().astimezone(ZoneInfo(rule.timezone)).date()
+        with _refused_rule():
             result = preview(session, service.settings, rule, day, limit=limit or None)
-        except InvalidRule as exc:
-            _print_refusal(exc)
         session.rollback()
     _print_preview(result, show_emails=emails)
-
-
-def _day(text: str | None) -> date | None:
-    if text is None:
-        return None
-    try:
-        return parse_date(text)
-    except InvalidCustomerValue as exc:
-        raise CommandError(f"--today: {exc}") from None
 
 
 def _print_preview(result: Preview, *, show_emails: bool) -> None:
@@ -547,21 +540,12 @@ def rules_history(
 
 @app.command("import")
 @friendly
-def rules_import(
-    file: Annotated[Path, typer.Argument(help="Arquivo .toml, .yaml ou .yml.")],
-    config: ConfigOption = None,
-) -> None:
+def rules_import(file: ImportFileArgument, config: ConfigOption = None) -> None:
     """Importar regras de um arquivo: cria ou substitui por nome; tudo ou nada."""
     service = service_for(config)
-    try:
-        with service.transaction() as session:
-            report = import_rules(session, file, default_timezone=service.settings.engine.timezone)
-    except InvalidRule as exc:
-        _print_refusal(exc)
-    for name in report.created:
-        out.print(f"criada (created): {name}", markup=False)
-    for name in report.updated:
-        out.print(f"substituída (replaced): {name}", markup=False)
+    with _refused_rule(), service.transaction() as session:
+        report = import_rules(session, file, default_timezone=service.settings.engine.timezone)
+    print_import_report(report, created="criada (created)", updated="substituída (replaced)")
 
 
 @app.command("export")
@@ -570,15 +554,11 @@ def rules_export(
     names: Annotated[
         list[str] | None, typer.Argument(help="Regras a exportar (padrão: todas).")
     ] = None,
-    to: Annotated[Path, typer.Option("--to", help="Arquivo .toml, .yaml ou .yml.")] = Path(
-        "regras.toml"
-    ),
+    to: ExportFileOption = Path("regras.toml"),
     config: ConfigOption = None,
 ) -> None:
     """Exportar regras para um arquivo, com playbooks e modelos pelo nome."""
-    service = service_for(config)
-    with service.sessions() as session:
-        written = export_rules(session, names or [], to)
+    written = export_definitions(config, export_rules, names, to)
     out.print(f"{len(written)} regra(s) em (written to) {to}", markup=False)
 
 

@@ -10,8 +10,7 @@ from rich.table import Table
 from engine.calendar import today_for
 from engine.playbooks import KIND_LABELS
 from engine.tasks import cancel_task, complete_task, list_tasks
-from portaria.commands.playbooks import reference_day
-from portaria.console import ConfigOption, actor, friendly, out, service_for
+from portaria.console import ConfigOption, actor, friendly, out, reference_day, service_for
 
 app = typer.Typer(help="Tarefas dos clientes (customer tasks).", no_args_is_help=True)
 
