@@ -297,7 +297,7 @@ def requests_approve(
     config: ConfigOption = None,
 ) -> None:
     """Aprovar pedidos: cria as contas e avisa o solicitante e cada novo usuário."""
-    from provisioning.approvals import approve
+    from provisioning.approvals import approvable_ids, approve
     from provisioning.queue import pending_ids
 
     if bool(request_ids) == all_pending:
@@ -316,6 +316,14 @@ def requests_approve(
                 f"não aprovados (skipped) {shown}: remetente fora da política (sender outside "
                 "policy); confira e aprove pelo número (approve them by id)"
             )
+        if all_pending and (known := approvable_ids(session, ids)) != ids:
+            shown = ", ".join(f"#{i}" for i in ids if i not in known)
+            out.print(
+                f"não aprovados (skipped) {shown}: já têm conta (already have an account); "
+                "recuse com motivo (reject with a reason): "
+                '`portaria requests reject ID --reason "..."`'
+            )
+            ids = known
         if not ids:
             out.print("nenhum pedido pendente (no pending requests)")
             return

@@ -26,6 +26,7 @@ from provisioning.queue import get_request
 log = logging.getLogger(__name__)
 
 MAX_REASON_LENGTH = 2000
+STATUS_PLURAL_PT = {"pending": "pendentes", "incomplete": "incompletos"}
 
 
 def approve(
@@ -37,8 +38,9 @@ def approve(
     if taken:
         listed = ", ".join(f"#{r.id} ({r.email})" for r in taken)
         raise ProvisioningError(
-            f"já tem conta (already has an account): {listed}; recuse com um motivo "
-            '(reject with a reason): `portaria requests reject ID --reason "..."`'
+            f"já tem conta (already has an account): {listed}; nada foi aprovado (nothing "
+            "was approved); recuse esses com um motivo (reject those with a reason): "
+            '`portaria requests reject ID --reason "..."`'
         )
 
     now = utcnow()
@@ -69,6 +71,13 @@ def approve(
 
     _tell_requesters(session, settings, requests, kind="approved")
     return requests
+
+
+def approvable_ids(session: Session, request_ids: Sequence[int]) -> list[int]:
+    """Those of ``request_ids`` whose person has no account yet, in the same order."""
+    return [
+        i for i in request_ids if find_user(session, get_request(session, i).email or "") is None
+    ]
 
 
 def welcome(session: Session, settings: Settings, user: User, *, cause: str) -> None:
@@ -189,7 +198,8 @@ def _decidable(
     if undecidable:
         listed = ", ".join(f"#{r.id} está {STATUS_PT[r.status]} ({r.status})" for r in undecidable)
         raise RequestNotPending(
-            f"só pedidos {' ou '.join(STATUS_PT[s] for s in statuses)} podem ser decididos "
+            f"só pedidos {' ou '.join(STATUS_PLURAL_PT[s] for s in statuses)} podem ser "
+            "decididos "
             f"aqui (only {' or '.join(statuses)} requests): {listed}; "
             "nada foi alterado (nothing was changed)"
         )

@@ -247,3 +247,22 @@ def test_parse_decides_as_the_poller_does(workdir: Path) -> None:
     assert not (workdir / "var" / "mail" / "outbox" / "new").exists() or not any(
         (workdir / "var" / "mail" / "outbox" / "new").iterdir()
     )
+
+
+def test_approving_all_pending_skips_people_who_already_have_an_account(workdir: Path) -> None:
+    run("init")
+    inbox = mailbox.Maildir(workdir / "var" / "mail" / "inbox")
+    block = person_block("Ana Lima", "ana@cliente.test", "RH", "Comum")
+    inbox.add(request_message(block))
+    inbox.add(request_message(block, sender="Rui Paiva <rui@cliente.test>"))
+    inbox.add(request_message(person_block("Caio Reis", "caio@cliente.test", "TI", "Comum")))
+    run("poll", "--once")
+    run("requests", "approve", "1")
+
+    code, output = run("requests", "approve", "--all-pending")
+
+    assert code == 0, output
+    assert "não aprovados (skipped) #2: já têm conta" in output
+    assert "aprovado (approved) #3: caio@cliente.test" in output
+    code, output = run("requests", "approve", "2")
+    assert code == 1 and "nada foi aprovado" in output
