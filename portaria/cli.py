@@ -554,7 +554,7 @@ def outbox_retry(
 def web(
     config: ConfigOption = None,
     host: Annotated[str, typer.Option(help="Endereço (address to listen on).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Porta (port).")] = 8000,
+    port: Annotated[int, typer.Option(help="Porta (port).", min=1, max=65535)] = 8000,
 ) -> None:
     """Servir o console web (a página de definir senha do e-mail de boas-vindas)."""
     import uvicorn

@@ -147,7 +147,9 @@ def check_recipient(address: str) -> str:
     if not isinstance(address, str):
         raise InvalidRecipient(f"recipient must be a string, got {address!r}")
     if "\r" in address or "\n" in address:
-        raise InvalidRecipient(f"recipient {address!r} contains a line break")
+        raise InvalidRecipient(
+            f"o endereço {address!r} tem quebra de linha (recipient contains a line break)"
+        )
     candidate = address.strip()
     local, _, domain = candidate.rpartition("@")
     if (
@@ -157,7 +159,8 @@ def check_recipient(address: str) -> str:
         or not domain
     ):
         raise InvalidRecipient(
-            f"recipient {address!r} is not a single email address such as nome@empresa.com.br"
+            f"{address!r} não é um endereço de e-mail como nome@empresa.com.br "
+            "(not a single email address)"
         )
     return candidate
 
