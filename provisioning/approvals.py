@@ -33,6 +33,7 @@ def approve(
     session: Session, settings: Settings, request_ids: Sequence[int], *, actor: str
 ) -> list[AccessRequest]:
     """Approve pending requests: create each account, issue its link, tell everyone."""
+    check_decider(session, actor)
     requests = _decidable(session, request_ids)
     taken = [r for r in requests if find_user(session, r.email or "") is not None]
     if taken:
@@ -71,6 +72,22 @@ def approve(
 
     _tell_requesters(session, settings, requests, kind="approved")
     return requests
+
+
+def check_decider(session: Session, actor: str) -> None:
+    """Only Admins decide: an actor named by address must be an active Admin user.
+
+    Other actors are the system's own (``cli:<login>`` for whoever runs the
+    command on the server, ``auto:...`` for policy); they are trusted by access
+    to the machine, not by the directory.
+    """
+    if "@" not in actor:
+        return
+    user = find_user(session, actor)
+    if user is None or not user.active or user.role != "admin":
+        raise ProvisioningError(
+            f"só um Admin ativo pode decidir (only an active Admin may decide): {actor} não é"
+        )
 
 
 def approvable_ids(session: Session, request_ids: Sequence[int]) -> list[int]:
@@ -114,6 +131,7 @@ def add_user(
     actor: str,
 ) -> User:
     """An admin adds a user directly: created, audited, welcomed with a set-password link."""
+    check_decider(session, actor)
     checked = check_recipient(email)
     if not name.strip():
         raise ProvisioningError("informe o nome (name is required)")
@@ -134,6 +152,7 @@ def add_user(
 
 def deactivate_user(session: Session, email: str, *, actor: str) -> User:
     """Switch an account off; its history stays. Pending set-password links stop working."""
+    check_decider(session, actor)
     user = find_user(session, email)
     if user is None:
         raise ProvisioningError(f"usuário não encontrado (no such user): {email}")
@@ -153,6 +172,7 @@ def reject(
     reason: str,
 ) -> list[AccessRequest]:
     """Reject pending requests with a reason the requester will read."""
+    check_decider(session, actor)
     reason = reason.strip()
     if not reason:
         raise ProvisioningError(

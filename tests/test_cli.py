@@ -88,6 +88,9 @@ def test_full_flow_through_the_cli(workdir: Path) -> None:
     code, output = run("requests", "approve")
     assert code == 1 and "--all-pending" in output
 
+    code, output = run("requests", "approve", "--all-pending", "--by", "ana@cliente.test")
+    assert code == 1 and "só um Admin ativo pode decidir" in output
+    run("users", "add", "Suporte", "suporte@portaria.test", "--role", "admin")
     code, output = run("requests", "approve", "--all-pending", "--by", "suporte@portaria.test")
     assert code == 0, output
     assert "aprovado (approved) #1: ana@cliente.test como comum" in output
@@ -104,7 +107,7 @@ def test_full_flow_through_the_cli(workdir: Path) -> None:
     assert "ana@cliente.test" in output and "comum" in output
 
     code, output = run("outbox", "send")
-    assert code == 0 and "2 enviado(s) (sent)" in output
+    assert code == 0 and "3 enviado(s) (sent)" in output  # approved, welcome x2
 
     code, output = run("requests", "show", "99")
     assert code == 1 and "pedido #99 não existe" in output
@@ -143,6 +146,7 @@ def test_parse_several_files_goes_on_past_a_bad_one(workdir: Path) -> None:
 def test_admin_adds_and_deactivates_a_user(workdir: Path) -> None:
     run("init")
 
+    run("users", "add", "Chefe", "chefe@portaria.test", "--role", "admin")
     code, output = run(
         "users",
         "add",

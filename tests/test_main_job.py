@@ -86,7 +86,7 @@ def test_request_to_account_on_embedded_defaults(service: Service, settings: Set
     assert len(folder(settings, "INBOX")) == 1  # the untagged message is left alone
 
     with service.transaction() as session:
-        approve(session, settings, [pending[0].id], actor="admin@portaria.test")
+        approve(session, settings, [pending[0].id], actor="cli:admin")
 
     with service.sessions() as session:
         user = session.scalar(select(User).where(User.email == "davi.moreira@cliente.test"))
@@ -99,7 +99,7 @@ def test_request_to_account_on_embedded_defaults(service: Service, settings: Set
         assert user.created_via == f"request:{pending[0].id}"
         events = list(session.scalars(select(AuditEvent)))
         assert [(e.actor, e.action, e.subject_id) for e in events] == [
-            ("admin@portaria.test", "request.approved", pending[0].id)
+            ("cli:admin", "request.approved", pending[0].id)
         ]
         kinds = sorted(
             (row.kind, tuple(row.recipients)) for row in session.scalars(select(OutboxMessage))
