@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from engine.calendar import BusinessCalendar, calendar_from_settings
-from engine.conditions import InvalidDate, resolve_date
+from engine.conditions import MAX_DAYS, InvalidDate, resolve_date
 from engine.customers import (
     CustomerField,
     Owner,
@@ -166,11 +166,19 @@ def _playbook_action(
         )
     checked: dict[str, Any] = {"playbook": playbook.name}
     cooldown = action.get("cooldown_days")
-    if cooldown not in (None, 0):
-        if isinstance(cooldown, bool) or not isinstance(cooldown, int) or cooldown < 0:
-            problems.append(f"{label}: cooldown_days deve ser inteiro >= 0: {cooldown!r}")
-        else:
-            checked["cooldown_days"] = cooldown
+    if cooldown is None:
+        return checked
+    if (
+        isinstance(cooldown, bool)
+        or not isinstance(cooldown, int)
+        or not 0 <= cooldown <= MAX_DAYS
+    ):
+        problems.append(
+            f"{label}: cooldown_days deve ser um número inteiro de dias de 0 a {MAX_DAYS} "
+            f"(whole days, 0 to {MAX_DAYS}): {cooldown!r}"
+        )
+    elif cooldown:
+        checked["cooldown_days"] = cooldown
     return checked
 
 

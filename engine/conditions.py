@@ -34,6 +34,7 @@ matches an empty value, as a person reading "segment is not Varejo" expects.
 from __future__ import annotations
 
 import calendar as month_calendar
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -171,6 +172,13 @@ HISTORY_FIELDS: dict[str, tuple[str, str]] = {
     "overdue_tasks": ("count", "Tarefas atrasadas (overdue tasks)"),
     "next_task_due": ("date", "Próximo vencimento de tarefa (next open task due)"),
 }
+
+# The keys a condition may have; any other is refused, as at the rule and action level.
+CONDITION_KEYS = frozenset({"category", "field", "operation", "value"})
+# Bounds of numeric values: days up to a century (a date that far still exists), and
+# numbers a database column holds (a 64-bit integer).
+MAX_DAYS = 36_500
+MAX_NUMBER = 2**63 - 1
 
 _RELATIVE_DATE = re.compile(r"^\s*([+-])\s*(\d{1,4})\s*([dwm])\s*$", re.IGNORECASE)
 _TODAY_WORDS = frozenset({"today", "hoje"})
@@ -342,6 +350,9 @@ def _normalise_one(words: Vocabulary, condition: Mapping[str, Any]) -> dict[str,
         raise _Refused("?", f"condição deve ser uma tabela (must be a mapping): {condition!r}")
     name = str(condition.get("field") or "").strip()
     category = condition.get("category")
+    extra = sorted(str(key) for key in condition if key not in CONDITION_KEYS)
+    if extra:
+        raise _Refused(name or "?", f"chave desconhecida (unknown key): {', '.join(extra)}")
     if not name:
         raise _Refused("?", "falta o campo (field missing)")
     if category is not None and category not in CATEGORIES:
@@ -376,9 +387,11 @@ def _normalise_value(words: Vocabulary, spec: ConditionField, operation: str, va
             raise _Refused(spec.name, f"{operation} não leva valor (takes no value)")
         return None
     if shape == "days":
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_DAYS:
             raise _Refused(
-                spec.name, f"{operation} pede um número inteiro de dias >= 0 (days): {value!r}"
+                spec.name,
+                f"{operation} pede um número inteiro de dias de 0 a {MAX_DAYS} "
+                f"(whole days, 0 to {MAX_DAYS}): {value!r}",
             )
         return value
     if shape == "list":
@@ -419,6 +432,13 @@ def _scalar(words: Vocabulary, spec: ConditionField, value: Any) -> Any:
     if kind in ("number", "count"):
         if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
             raise _Refused(spec.name, wrong)
+        finite = value.is_finite() if isinstance(value, Decimal) else math.isfinite(value)
+        if not finite or abs(value) > MAX_NUMBER:
+            raise _Refused(
+                spec.name,
+                f"número fora do intervalo (number out of range): {value!r}; "
+                f"use um número finito de até {MAX_NUMBER}",
+            )
         if kind == "count" and (value < 0 or value != int(value)):
             raise _Refused(spec.name, f"contagem pede inteiro >= 0 (count): {value!r}")
         return int(value) if kind == "count" or value == int(value) else float(value)

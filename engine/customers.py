@@ -50,6 +50,7 @@ from engine.errors import (
     CustomFieldError,
     InvalidCustomerValue,
     RowProblem,
+    UserNotFound,
 )
 from engine.models import CUSTOM_FIELD_KINDS, Customer, CustomField, Playbook, PlaybookLoad, Task
 from portaria.db import utcnow
@@ -149,6 +150,11 @@ _BR_DATE = re.compile(r"^(?P<d>\d{1,2})/(?P<m>\d{1,2})/(?P<y>\d{4})$")
 _ISO_DATE = re.compile(r"^(?P<y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})$")
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _GROUPED = re.compile(r"^[+-]?\d{1,3}(?:[.,]\d{3})+$")
+# A cell a spreadsheet reads as a number, not a formula: -20, +5, -1.234,50.
+_NUMBER_CELL = re.compile(r"^[+-]?\d+(?:[.,]\d+)*$")
+# First characters that make Excel or LibreOffice read a cell as a formula (OWASP
+# CSV injection); export puts a ' before such text so it stays text.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def normalise_name(text: str) -> str:
@@ -486,9 +492,11 @@ def list_customers(
     stage: str | None = None,
     limit: int | None = None,
 ) -> list[Customer]:
-    """Cards by code; filters compare without case."""
+    """Cards by code; filters compare without case. An unknown owner is an error
+    (UserNotFound), not an empty list: a typo must not read as "no cards"."""
     query = select(Customer).order_by(Customer.code)
     if owner_email:
+        check_user_exists(session, owner_email)
         query = query.join(User, User.id == Customer.owner_id).where(
             func.lower(User.email) == owner_email.strip().lower()
         )
@@ -499,6 +507,15 @@ def list_customers(
     if limit:
         query = query.limit(limit)
     return list(session.scalars(query))
+
+
+def check_user_exists(session: Session, email: str) -> None:
+    """Raise UserNotFound unless a user has ``email`` (compared without case)."""
+    found = session.scalar(
+        select(User.id).where(func.lower(User.email) == email.strip().lower()).limit(1)
+    )
+    if found is None:
+        raise UserNotFound(f"Usuário não encontrado (user not found): {email}")
 
 
 def owner_emails(session: Session, ids: Iterable[int | None] | None = None) -> dict[int, str]:
@@ -676,7 +693,8 @@ def import_customers(
 
     Raises :class:`CustomerImportRejected` listing every problem (line 1 is the
     header) when any row is wrong; then nothing is written. A column left out of
-    the file leaves that field as it is; an empty cell clears it.
+    the file leaves that field as it is; an empty cell clears it. The ``'`` export
+    puts before text starting like a formula is taken off (:func:`csv_cell_value`).
     """
     file = Path(path)
     try:
@@ -796,7 +814,7 @@ def _check_row(
         if spec is None:
             continue
         try:
-            values[spec.key] = coerce_value(spec, cell, owners)
+            values[spec.key] = coerce_value(spec, csv_cell_value(cell), owners)
         except InvalidCustomerValue as exc:
             problems.append(RowProblem(line, header, str(exc)))
             ok = False
@@ -891,8 +909,30 @@ def _group_by_keys(records: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
+def csv_safe_cell(text: str) -> str:
+    """A cell as export writes it: a ``'`` before text a spreadsheet would run as a formula.
+
+    Numbers (``-20``) stay as they are. Text that already starts with ``'`` before
+    such a character gets one more, so :func:`csv_cell_value` gives it back whole.
+    """
+    if text.lstrip("'").startswith(FORMULA_STARTS) and not _NUMBER_CELL.match(text):
+        return "'" + text
+    return text
+
+
+def csv_cell_value(cell: str) -> str:
+    """A cell as import reads it: without the ``'`` :func:`csv_safe_cell` put there."""
+    if cell.startswith("'") and cell[1:].lstrip("'").startswith(FORMULA_STARTS):
+        return cell[1:]
+    return cell
+
+
 def export_customers(session: Session, path: Path | str) -> int:
-    """Write every card to CSV as the import reads it back: ``;``, UTF-8 with BOM, pt-BR."""
+    """Write every card to CSV as the import reads it back: ``;``, UTF-8 with BOM, pt-BR.
+
+    Text a spreadsheet would run as a formula (``=HYPERLINK(...)``) is written
+    after a ``'`` (:func:`csv_safe_cell`); the import takes it off again.
+    """
     specs = customer_fields(session)
     emails = owner_emails(session)
     count = 0
@@ -903,12 +943,14 @@ def export_customers(session: Session, path: Path | str) -> int:
         query = select(Customer).order_by(Customer.code).execution_options(yield_per=_BATCH)
         for customer in session.scalars(query):
             writer.writerow(
-                display_value(
-                    spec,
-                    customer.custom.get(spec.key)
-                    if spec.custom
-                    else getattr(customer, spec.column or spec.key),
-                    emails,
+                csv_safe_cell(
+                    display_value(
+                        spec,
+                        customer.custom.get(spec.key)
+                        if spec.custom
+                        else getattr(customer, spec.column or spec.key),
+                        emails,
+                    )
                 )
                 for spec in specs
             )

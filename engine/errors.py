@@ -23,6 +23,10 @@ class CustomerNotFound(EngineError):
     """No customer card has the given code or id."""
 
 
+class UserNotFound(EngineError):
+    """No user has the given email (a filter by owner or assignee)."""
+
+
 class InvalidCustomerValue(EngineError):
     """A customer field got a value it cannot hold (bad date, number, email, owner...)."""
 
@@ -133,9 +137,15 @@ class EmailTemplateRefused(EngineError):
 
 
 class EmailRenderError(EngineError):
-    """A stored template could not be rendered for one customer (an undefined value)."""
+    """A stored template could not be rendered for one customer (an undefined value).
 
-    def __init__(self, message: str, *, part: str, line: int | None) -> None:
+    ``name`` is what the sandbox refused (an operator, method or filter), when known.
+    """
+
+    def __init__(
+        self, message: str, *, part: str, line: int | None, name: str | None = None
+    ) -> None:
         super().__init__(message)
         self.part = part
         self.line = line
+        self.name = name

@@ -13,6 +13,7 @@ from datetime import date
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
+from engine.customers import check_user_exists, get_customer
 from engine.errors import InvalidTaskStatus, TaskNotFound, TaskNotOpen
 from engine.models import TASK_STATUSES, Customer, Playbook, PlaybookLoad, Task
 from engine.playbooks import close_load_if_finished
@@ -47,7 +48,8 @@ def list_tasks(
 
     ``owner_email``: the task's assignee. ``overdue_on``: open tasks due before
     that day. ``load_id``: the tasks of one playbook load. ``status``: open, done or
-    cancelled; ``None`` for every status.
+    cancelled; ``None`` for every status. An unknown customer code or email is an
+    error (CustomerNotFound, UserNotFound), not an empty list.
     """
     if status is not None and status not in TASK_STATUSES:
         raise InvalidTaskStatus(
@@ -65,8 +67,10 @@ def list_tasks(
     if status is not None:
         query = query.where(Task.status == status)
     if customer_code:
+        get_customer(session, customer_code)
         query = query.where(Customer.code == customer_code.strip())
     if owner_email:
+        check_user_exists(session, owner_email)
         query = query.where(func.lower(assignee.email) == owner_email.strip().lower())
     if load_id is not None:
         query = query.where(Task.load_id == load_id)

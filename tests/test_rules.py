@@ -636,6 +636,63 @@ class TestSaving:
             "use playbook, update, email",
         ]
 
+    def test_numbers_out_of_range_name_their_action_or_field(self, world: Service) -> None:
+        renewal = {"field": "renewal_date", "operation": "within_next_days"}
+        problems = self.refused(
+            world,
+            {
+                "conditions": [
+                    {**renewal, "value": -3},
+                    {**renewal, "value": 36_501},
+                    {"field": "mrr", "operation": "gt", "value": float("nan")},
+                    {"field": "open_tasks", "operation": "gt", "value": float("inf")},
+                    {"field": "mrr", "operation": "between", "value": [0, 2**63]},
+                ],
+                "actions": [
+                    {"kind": "playbook", "playbook": "Onboarding", "cooldown_days": -3},
+                    {"kind": "playbook", "playbook": "Onboarding", "cooldown_days": 2.5},
+                    {"kind": "playbook", "playbook": "Onboarding", "cooldown_days": 0.0},
+                    {"kind": "playbook", "playbook": "Onboarding", "cooldown_days": True},
+                    {"kind": "playbook", "playbook": "Onboarding", "cooldown_days": 10**9},
+                ],
+            },
+        )
+        days = "pede um número inteiro de dias de 0 a 36500 (whole days, 0 to 36500)"
+        out_of_range = "número fora do intervalo (number out of range)"
+        finite = "use um número finito de até 9223372036854775807"
+        cooldown = (
+            "cooldown_days deve ser um número inteiro de dias de 0 a 36500 "
+            "(whole days, 0 to 36500)"
+        )
+        assert problems == [
+            f"condição 1 (condition), campo 'renewal_date': within_next_days {days}: -3",
+            f"condição 2 (condition), campo 'renewal_date': within_next_days {days}: 36501",
+            f"condição 3 (condition), campo 'mrr': {out_of_range}: nan; {finite}",
+            f"condição 4 (condition), campo 'open_tasks': {out_of_range}: inf; {finite}",
+            f"condição 5 (condition), campo 'mrr': {out_of_range}: 9223372036854775808; {finite}",
+            f"ação 1 (playbook): {cooldown}: -3",
+            f"ação 2 (playbook): {cooldown}: 2.5",
+            f"ação 3 (playbook): {cooldown}: 0.0",
+            f"ação 4 (playbook): {cooldown}: True",
+            f"ação 5 (playbook): {cooldown}: 1000000000",
+        ]
+
+    def test_every_below_one_is_refused(self, world: Service) -> None:
+        actions = [{"kind": "update", "set": {"stage": "x"}}]
+        for every in (0, -1, 1.5, True):
+            assert self.refused(world, {"every": every, "actions": actions}) == [
+                f"every: inteiro de 1 a 10000 (whole number): {every!r}"
+            ]
+
+    def test_a_cooldown_of_zero_is_no_cooldown(self, world: Service) -> None:
+        rule_id = make_rule(
+            world, [{"kind": "playbook", "playbook": "Onboarding", "cooldown_days": 0}]
+        )
+        with world.sessions() as session:
+            assert session.get_one(Rule, rule_id).actions == [
+                {"kind": "playbook", "playbook": "Onboarding"}
+            ]
+
     def test_a_rule_needs_an_action(self, world: Service) -> None:
         assert self.refused(world, {"actions": []}) == [
             "a regra precisa de ao menos uma ação (at least one action)"
@@ -775,6 +832,46 @@ playbook = "Onboarding"
             rule = session.scalar(select(Rule))
             assert (rule.every, rule.conditions) == (1, [])
             assert rule.actions == [{"kind": "playbook", "playbook": "Onboarding"}]
+
+    def test_unknown_keys_are_refused_at_every_level(self, world: Service, tmp_path: Path) -> None:
+        file = tmp_path / "regra.toml"
+        file.write_text(
+            """
+[[rules]]
+name = "Chaves"
+cor = "azul"
+
+[[rules.conditions]]
+field = "segment"
+operation = "equals"
+value = "Varejo"
+
+[[rules.conditions]]
+field = "mrr"
+operation = "gt"
+value = 10
+extra_key = 1
+peso = 2
+
+[[rules.actions]]
+kind = "playbook"
+playbook = "Onboarding"
+cooldown_days = -3
+prioridade = 1
+""",
+            encoding="utf-8",
+        )
+        with pytest.raises(InvalidRule) as caught, world.transaction() as session:
+            import_rules(session, file, now=NOW)
+        assert caught.value.problems == [
+            "Chaves: chave desconhecida (unknown key): cor",
+            "Chaves: condição 2 (condition), campo 'mrr': chave desconhecida (unknown key): "
+            "extra_key, peso",
+            "Chaves: ação 1 (playbook): chave desconhecida (unknown key): prioridade",
+            "Chaves: ação 1 (playbook): cooldown_days deve ser um número inteiro de dias de 0 "
+            "a 36500 (whole days, 0 to 36500): -3",
+        ]
+        assert count(world, Rule) == 0
 
     def test_a_wrong_rule_imports_nothing(self, world: Service, tmp_path: Path) -> None:
         file = tmp_path / "regras.yaml"

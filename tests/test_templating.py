@@ -122,6 +122,138 @@ class TestSandbox:
         assert "sandbox" in str(refused)
 
 
+BLOCKED = "bloqueado pelo sandbox (sandbox): "
+TOO_LARGE = "construiria um valor grande demais (result too large): "
+
+
+class TestSizeLimits:
+    """Operators, methods, filters and the whole render are bounded: no 1 GB strings."""
+
+    def test_a_constant_repetition_is_refused_at_save_in_any_branch(self, shop: Service) -> None:
+        refused = refusal(shop, text='Oi\n{% if false %}\n{{ "x" * 999999999 }}{% endif %}')
+        assert (refused.part, refused.line, refused.name) == ("text", 3, "*")
+        assert str(refused) == (
+            f"modelo recusado (template refused): texto (text), linha 3: {BLOCKED}'*' "
+            f"{TOO_LARGE}999999999 > 100000 caracteres ou itens (characters or items)"
+        )
+
+    @pytest.mark.parametrize(
+        ("source", "name", "detail"),
+        [
+            ("{{ [1, 2] * 60000 }}", "*", "120000 > 100000 caracteres ou itens"),
+            ("{{ 10 ** 999999999 }}", "**", "inteiro com mais de 10000 bits (integer)"),
+            ('{{ "%999999999s" % 1 }}', "%", "largura acima de 100000 (width or precision)"),
+        ],
+    )
+    def test_other_constant_operations_are_refused_at_save(
+        self, shop: Service, source: str, name: str, detail: str
+    ) -> None:
+        refused = refusal(shop, html=source)
+        assert (refused.part, refused.line, refused.name) == ("html", 1, name)
+        assert str(refused).startswith(
+            f"modelo recusado (template refused): HTML, linha 1: {BLOCKED}{name!r} "
+            f"{TOO_LARGE}{detail}"
+        )
+
+    @pytest.mark.parametrize(
+        ("source", "name", "detail"),
+        [
+            (
+                "{% set ns = namespace(n=10) %}{% for i in range(40) %}"
+                "{% set ns.n = ns.n * ns.n %}{% endfor %}{{ ns.n }}",
+                "*",
+                "inteiro com mais de 10000 bits (integer)",
+            ),
+            (
+                '{% set ns = namespace(s="x") %}{% for i in range(40) %}'
+                "{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+                "~",
+                "1048576 > 1000000 caracteres ou itens (characters or items)",
+            ),
+            (
+                '{% set ns = namespace(s="x") %}{% for i in range(40) %}'
+                "{% set ns.s = ns.s + ns.s %}{% endfor %}",
+                "+",
+                "1048576 > 1000000 caracteres ou itens (characters or items)",
+            ),
+            (
+                "{{ customer.name.ljust(999999999) }}",
+                "ljust",
+                "pode passar de 1000000 caracteres (may exceed)",
+            ),
+            (
+                "{{ customer.name|center(999999999) }}",
+                "center",
+                "pode passar de 1000000 caracteres (may exceed)",
+            ),
+            (
+                "{{ '{:>999999999}'.format(customer.name) }}",
+                "format",
+                "largura acima de 100000 (width or precision)",
+            ),
+            (
+                "{% set s = 'x' * 99999 %}{{ s|replace('x', s) }}",
+                "replace",
+                "pode passar de 1000000 caracteres (may exceed)",
+            ),
+        ],
+    )
+    def test_what_only_a_render_shows_is_refused_by_the_trial_render(
+        self, shop: Service, source: str, name: str, detail: str
+    ) -> None:
+        refused = refusal(shop, text=source)
+        assert (refused.part, refused.line, refused.name) == ("text", 1, name)
+        assert str(refused) == (
+            f"modelo recusado (template refused): texto (text), linha 1: {BLOCKED}{name!r} "
+            f"{TOO_LARGE}{detail}"
+        )
+
+    def test_the_rendered_size_is_capped(self, shop: Service) -> None:
+        refused = refusal(shop, text="{% for i in range(100000) %}{{ 'x' * 11 }}{% endfor %}")
+        assert (refused.part, refused.line, refused.name) == ("text", None, "render")
+        assert str(refused) == (
+            f"modelo recusado (template refused): texto (text): {BLOCKED}'render' "
+            f"{TOO_LARGE}mais de 1000000 caracteres (too many characters)"
+        )
+
+    def test_a_stored_template_is_refused_at_render_time(self, shop: Service) -> None:
+        with shop.transaction() as session:
+            session.add(
+                EmailTemplate(
+                    name="Antigo", subject="s", body_text="Oi\n{{ customer.name * 99999 }}"
+                )
+            )
+        with shop.sessions() as session:
+            card = session.query(Customer).filter_by(code="ACME").one()
+            context = email_context(session, card, today=TODAY)
+            with pytest.raises(EmailRenderError) as caught:
+                render_email(get_template(session, "Antigo"), context)
+        error = caught.value
+        assert (error.part, error.line, error.name) == ("text", 2, "*")
+        assert str(error) == (
+            f"texto (text), linha 2: {BLOCKED}'*' {TOO_LARGE}"
+            "2699973 > 100000 caracteres ou itens (characters or items)"
+        )
+
+    def test_ordinary_use_of_the_operators_is_fine(self, shop: Service) -> None:
+        with shop.transaction() as session:
+            create_template(
+                session,
+                name="Contas",
+                subject="{{ '=' * 10 }}",
+                body_text="{{ 'ab' * 3 }} {{ 2 ** 10 }} {{ [1, 2] * 2 }} {{ '%5s' % 'a' }}|"
+                "{{ 'x'|center(5) }}|{{ range(3)|join(',') }}|{{ 'a' + 'b' ~ 'c' }}|"
+                "{{ '{:>4}'.format(7) }}|{{ 2 * 3 }}",
+            )
+        with shop.sessions() as session:
+            card = session.query(Customer).filter_by(code="ACME").one()
+            email = render_email(
+                get_template(session, "Contas"), email_context(session, card, today=TODAY)
+            )
+        assert email.subject == "=========="
+        assert email.text == "ababab 1024 [1, 2, 1, 2]     a|  x  |0,1,2|abc|   7|6"
+
+
 class TestUnknownNames:
     def test_unknown_variable_names_line_and_name(self, shop: Service) -> None:
         refused = refusal(shop, text="Olá,\n\n{{ clinete.name }}\n")
