@@ -48,6 +48,7 @@ from provisioning.queue import (
     FLAG_SENDER_OUTSIDE_POLICY,
     RequestedPerson,
     Requester,
+    letter_person,
     queue_requests,
 )
 
@@ -269,12 +270,12 @@ def _answer(
         "original_subject": message.subject or "",
     }
     letters = [
-        ("received", {**base, "people": [_person(r) for r in pending]}, pending),
+        ("received", {**base, "people": [letter_person(r) for r in pending]}, pending),
         (
             "incomplete",
             {
                 **base,
-                "people": [{**_person(r), "missing": list(r.missing)} for r in incomplete],
+                "people": [{**letter_person(r), "missing": list(r.missing)} for r in incomplete],
             },
             incomplete,
         ),
@@ -321,7 +322,7 @@ def _tell_support(
         context={
             "requests": [
                 {
-                    **_person(r),
+                    **letter_person(r),
                     "id": r.id,
                     "flags": list(r.flags),
                     "requester_email": r.requester_email,
@@ -336,15 +337,6 @@ def _tell_support(
 
 def _one_line(value: str | None) -> str | None:
     return (single_line(value) or None) if value is not None else None
-
-
-def _person(request: AccessRequest) -> dict[str, str]:
-    return {
-        "name": request.name or "",
-        "email": request.email or "",
-        "area": request.area or "",
-        "access_type": request.access_type or "",
-    }
 
 
 def _bracketed(message_id: str | None) -> str | None:

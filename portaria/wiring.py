@@ -12,7 +12,13 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings
-from portaria.db import make_engine, make_sessionmaker, migrate_schema, schema_is_current
+from portaria.db import (
+    make_engine,
+    make_sessionmaker,
+    migrate_schema,
+    schema_is_current,
+    transaction,
+)
 from portaria.errors import PortariaError
 
 
@@ -28,7 +34,7 @@ class Service:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self.sessions() as session, session.begin():
+        with transaction(self.sessions) as session:
             yield session
 
 

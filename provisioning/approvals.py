@@ -21,7 +21,7 @@ from provisioning import audit
 from provisioning.directory import create_user, find_user, issue_set_password_token
 from provisioning.errors import ProvisioningError, RequestNotPending
 from provisioning.models import STATUS_PT, AccessRequest, User
-from provisioning.queue import get_request
+from provisioning.queue import get_request, letter_person
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def _tell_requesters(
         context = {
             "requester_name": first.requester_name,
             "original_subject": first.source_subject or "",
-            "people": [_person(r) for r in decided],
+            "people": [letter_person(r) for r in decided],
         }
         if reason is not None:
             context["reason"] = reason
@@ -257,12 +257,3 @@ def _tell_requesters(
             in_reply_to=message_ref,
             cause=f"request:{first.id}",
         )
-
-
-def _person(request: AccessRequest) -> dict[str, str]:
-    return {
-        "name": request.name or "",
-        "email": request.email or "",
-        "area": request.area or "",
-        "access_type": request.access_type or "",
-    }

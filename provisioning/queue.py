@@ -156,6 +156,16 @@ def _flags_for(session: Session, email: str | None, access_type: str | None) -> 
     return flags
 
 
+def letter_person(request: AccessRequest) -> dict[str, str]:
+    """The person a request names, as the email templates expect it."""
+    return {
+        "name": request.name or "",
+        "email": request.email or "",
+        "area": request.area or "",
+        "access_type": request.access_type or "",
+    }
+
+
 def get_request(session: Session, request_id: int) -> AccessRequest:
     request = session.get(AccessRequest, request_id)
     if request is None:
