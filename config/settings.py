@@ -341,7 +341,10 @@ class IntakeSettings(_Section):
     max_message_bytes: int = Field(
         25 * MIB,
         ge=1024,
-        description="Largest message read; a larger one is recorded as unreadable, not parsed.",
+        description=(
+            "Largest message read; of a larger one only the headers are downloaded, "
+            "and it is recorded as unreadable"
+        ),
     )
     max_people_per_message: int = Field(
         50, ge=1, description="Most people one message may ask for; more holds the message."

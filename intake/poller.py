@@ -30,7 +30,13 @@ from config.settings import Settings
 from intake.health import record_poll_health
 from intake.models import InboundMessage, MailboxState
 from intake.receiving import ATTENTION, PROCESSED, inbound_row, receive
-from intake.sources import MailboxError, MailboxSource, MailboxUnavailable, open_source
+from intake.sources import (
+    Fetched,
+    MailboxError,
+    MailboxSource,
+    MailboxUnavailable,
+    open_source,
+)
 from portaria.db import transaction, utcnow
 
 log = logging.getLogger(__name__)
@@ -113,8 +119,8 @@ def _poll(
     for batch in _batches(new_keys, settings.mailbox.batch_size):
         with transaction(sessions) as session:
             rows = [
-                _receive_one(session, settings, source.identity, f.key, f.raw)
-                for f in source.fetch(batch)
+                _receive_one(session, settings, source.identity, fetched)
+                for fetched in source.fetch(batch, max_bytes=settings.intake.max_message_bytes)
             ]
         report.fetched += len(rows)
         report.outcomes.update(row.outcome for row in rows)
@@ -130,19 +136,27 @@ def _poll(
 
 
 def _receive_one(
-    session: Session, settings: Settings, mailbox: str, key: str, raw: bytes
+    session: Session, settings: Settings, mailbox: str, fetched: Fetched
 ) -> InboundMessage:
     """Receive in a savepoint, so one message's failure is recorded, not fatal."""
+    key = fetched.key
     try:
         with session.begin_nested():
-            return receive(session, settings, mailbox=mailbox, key=key, raw=raw)
+            return receive(
+                session,
+                settings,
+                mailbox=mailbox,
+                key=key,
+                raw=fetched.raw,
+                size=fetched.size,
+            )
     except DATABASE_FAILURES:
         # Not this message's fault: recording it as unreadable would file a
         # good request away. The batch rolls back and is read again later.
         raise
     except Exception as exc:  # the batch must go on; the message is kept with the reason
         log.exception("%s: message %s could not be received", mailbox, key)
-        row = inbound_row(mailbox, key, raw)
+        row = inbound_row(mailbox, key, fetched.raw, fetched.size)
         row.reason = f"internal error while reading: {type(exc).__name__}: {exc}"[:2000]
         row.destination = ATTENTION
         session.add(row)

@@ -79,7 +79,7 @@ def own_domain(settings: Settings) -> str:
     return str(settings.outbound.from_address).rpartition("@")[2].lower()
 
 
-def inbound_row(mailbox: str, key: str, raw: bytes) -> InboundMessage:
+def inbound_row(mailbox: str, key: str, raw: bytes, size: int | None = None) -> InboundMessage:
     """The record of `raw` as it arrived: unreadable until it has been read.
 
     The hash lets a later copy of the same bytes be known as one, however the
@@ -89,20 +89,30 @@ def inbound_row(mailbox: str, key: str, raw: bytes) -> InboundMessage:
         mailbox=mailbox,
         mailbox_key=key,
         sha256=hashlib.sha256(raw).hexdigest(),
-        size=len(raw),
+        size=len(raw) if size is None else size,
         outcome="unreadable",
     )
 
 
 def receive(
-    session: Session, settings: Settings, *, mailbox: str, key: str, raw: bytes
+    session: Session,
+    settings: Settings,
+    *,
+    mailbox: str,
+    key: str,
+    raw: bytes,
+    size: int | None = None,
 ) -> InboundMessage:
-    """Record what becomes of one message and queue whatever it asks for."""
-    row = inbound_row(mailbox, key, raw)
+    """Record what becomes of one message and queue whatever it asks for.
+
+    ``size`` is the whole message's size when ``raw`` holds only its start,
+    as a source gives an oversize message.
+    """
+    row = inbound_row(mailbox, key, raw, size)
     session.add(row)
 
     # Size first: an oversize message is read for its headers only.
-    oversize = policy.message_size(len(raw), settings.intake)
+    oversize = policy.message_size(row.size, settings.intake)
     try:
         message = read_message(policy.header_block(raw) if oversize else raw)
     except UnreadableMessage as exc:

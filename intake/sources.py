@@ -28,6 +28,7 @@ from imapclient import IMAPClient
 from imapclient.exceptions import IMAPClientAbortError, IMAPClientError, LoginError
 
 from config.settings import MailboxSettings
+from intake.policy import HEADER_BLOCK_BYTES
 from portaria.errors import PortariaError
 from portaria.oauth2 import AccessTokenUnavailable, read_access_token
 
@@ -70,10 +71,20 @@ class MailboxFolderMissing(MailboxError):
 
 @dataclass(frozen=True)
 class Fetched:
-    """One message as read from the inbox folder, byte for byte."""
+    """One message as read from the inbox folder, byte for byte.
+
+    ``size`` is the whole message's size. A message over the fetch's ``max_bytes``
+    comes with only its start in ``raw`` (``HEADER_BLOCK_BYTES``, enough for the
+    headers): the rest is never downloaded.
+    """
 
     key: str
     raw: bytes
+    size: int
+
+    @property
+    def whole(self) -> bool:
+        return len(self.raw) == self.size
 
 
 class MailboxSource(Protocol):
@@ -84,8 +95,10 @@ class MailboxSource(Protocol):
     ``fetch``, ``move`` and ``wait`` work only inside it.
 
     - ``keys()``: the key of every message now in the inbox folder.
-    - ``fetch(keys)``: the messages for those keys, in that order, read in
-      batches and without marking them seen; keys no longer there are skipped.
+    - ``fetch(keys, max_bytes=None)``: the messages for those keys, in that
+      order, read in batches and without marking them seen; keys no longer
+      there are skipped. A message larger than ``max_bytes`` is read only as
+      far as its headers (see :class:`Fetched`).
     - ``move(keys, folder)``: moves those messages out of the inbox folder into
       ``folder`` (created when missing). Keys that are gone, for instance
       because an earlier move finished just before a crash, are ignored.
@@ -105,7 +118,7 @@ class MailboxSource(Protocol):
 
     def keys(self) -> list[str]: ...
 
-    def fetch(self, keys: Sequence[str]) -> Iterator[Fetched]: ...
+    def fetch(self, keys: Sequence[str], max_bytes: int | None = None) -> Iterator[Fetched]: ...
 
     def move(self, keys: Sequence[str], folder: str) -> None: ...
 
@@ -189,27 +202,45 @@ class ImapMailbox:
         log.debug("%s: %d messages in the inbox folder", self.identity, len(uids))
         return [f"{self.uidvalidity}:{uid}" for uid in sorted(uids)]
 
-    def fetch(self, keys: Sequence[str]) -> Iterator[Fetched]:
+    def fetch(self, keys: Sequence[str], max_bytes: int | None = None) -> Iterator[Fetched]:
         client = self._connected()
         uids = self._addressable_uids(keys, "fetch")
         size = self.settings.batch_size
         for start in range(0, len(uids), size):
             batch = uids[start : start + size]
             with self._talking(f"fetching {len(batch)} messages from {self.folder}"):
+                sizes = {
+                    uid: item[b"RFC822.SIZE"]
+                    for uid, item in client.fetch(batch, ["RFC822.SIZE"]).items()
+                    if b"RFC822.SIZE" in item
+                }
+                oversize = [
+                    uid for uid in batch if max_bytes is not None and sizes.get(uid, 0) > max_bytes
+                ]
+                whole = [uid for uid in batch if uid in sizes and uid not in oversize]
                 # BODY.PEEK[] rather than RFC822 or BODY[]: those set \Seen.
-                response = client.fetch(batch, ["BODY.PEEK[]"])
+                contents = {
+                    uid: item.get(b"BODY[]")
+                    for uid, item in (
+                        client.fetch(whole, ["BODY.PEEK[]"]) if whole else {}
+                    ).items()
+                }
+                if oversize:
+                    starts = client.fetch(oversize, [f"BODY.PEEK[]<0.{HEADER_BLOCK_BYTES}>"])
+                    contents.update((uid, item.get(b"BODY[]<0>")) for uid, item in starts.items())
             log.debug(
-                "%s: fetched %d of %d messages (UIDs %s-%s)",
+                "%s: fetched %d of %d messages (UIDs %s-%s), %d only in part for their size",
                 self.identity,
-                len(response),
+                len(contents),
                 len(batch),
                 batch[0],
                 batch[-1],
+                len(oversize),
             )
             for uid in batch:
-                raw = response.get(uid, {}).get(b"BODY[]")
+                raw = contents.get(uid)
                 if raw is not None:  # None: expunged by someone else meanwhile
-                    yield Fetched(f"{self.uidvalidity}:{uid}", raw)
+                    yield Fetched(f"{self.uidvalidity}:{uid}", raw, sizes[uid])
 
     def move(self, keys: Sequence[str], folder: str) -> None:
         client = self._connected()
@@ -561,9 +592,15 @@ class MaildirMailbox:
         # Unique names start with the delivery time, so this is about arrival order.
         return sorted(files)
 
-    def fetch(self, keys: Sequence[str]) -> Iterator[Fetched]:
-        for key, raw in self._each_file(keys, Path.read_bytes, lambda key: f"read message {key}"):
-            yield Fetched(key, raw)
+    def fetch(self, keys: Sequence[str], max_bytes: int | None = None) -> Iterator[Fetched]:
+        def read(path: Path) -> tuple[bytes, int]:
+            with path.open("rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                oversize = max_bytes is not None and size > max_bytes
+                return file.read(HEADER_BLOCK_BYTES if oversize else -1), size
+
+        for key, (raw, size) in self._each_file(keys, read, lambda key: f"read message {key}"):
+            yield Fetched(key, raw, size)
 
     def move(self, keys: Sequence[str], folder: str) -> None:
         if not keys:

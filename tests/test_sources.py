@@ -25,6 +25,7 @@ import pytest
 from imapclient import IMAPClient
 
 from config.settings import MailboxSettings
+from intake.policy import HEADER_BLOCK_BYTES
 from intake.sources import (
     Fetched,
     ImapMailbox,
@@ -182,7 +183,25 @@ class TestReadingTheInbox:
             fetched = list(source.fetch(keys))
 
         assert len(set(keys)) == 3
-        assert fetched == [Fetched(key, raw) for key, raw in zip(keys, sent, strict=True)]
+        assert fetched == [
+            Fetched(key, raw, len(raw)) for key, raw in zip(keys, sent, strict=True)
+        ]
+
+    def test_an_oversize_message_is_fetched_only_as_far_as_its_headers(
+        self, mailbox_under_test: MailboxUnderTest
+    ) -> None:
+        small = request_email(1)
+        # Bigger than what is read of an oversize message, so a whole download shows.
+        big = request_email(2).replace(b"\r\n\r\n", b"\r\n\r\n" + b"y" * 300_000 + b"\r\n", 1)
+        mailbox_under_test.append([small, big])
+
+        with mailbox_under_test.source() as source:
+            fetched = list(source.fetch(source.keys(), max_bytes=len(small)))
+
+        assert [(f.raw, f.size, f.whole) for f in fetched] == [
+            (small, len(small), True),
+            (big[:HEADER_BLOCK_BYTES], len(big), False),
+        ]
 
     def test_fetch_leaves_messages_unseen(self, mailbox_under_test: MailboxUnderTest) -> None:
         mailbox_under_test.append([request_email(1), request_email(2)])
@@ -202,7 +221,7 @@ class TestReadingTheInbox:
             source.move([first], "Processed")
             fetched = list(source.fetch([first, second]))
 
-        assert fetched == [Fetched(second, request_email(2))]
+        assert fetched == [Fetched(second, request_email(2), len(request_email(2)))]
 
     def test_an_empty_inbox_has_nothing_to_fetch_or_move(
         self, mailbox_under_test: MailboxUnderTest
@@ -464,7 +483,8 @@ class TestImapBatching:
         with imap_commands(caplog) as commands, open_source(settings, Path.absolute) as source:
             fetched = [item.raw for item in source.fetch(source.keys())]
 
-        assert commands.count("UID FETCH") == 3
+        # Per batch of 200: one FETCH for the sizes, one for the messages.
+        assert commands.count("UID FETCH") == 6
         assert fetched == sent
         assert imap_account.flags() == [set()] * 450
 
