@@ -397,8 +397,19 @@ def authentication(message: ReadMessage, intake: IntakeSettings) -> Verdict | No
     )
 
 
+def plain_sender(message: ReadMessage, intake: IntakeSettings) -> Verdict | None:
+    """The From field must name one sender plainly; whatever the other checks say."""
+    doubts = message.sender_doubts
+    if not doubts:
+        return None
+    return Verdict(
+        "plain_sender",
+        f"sender unclear ({'; '.join(doubts)}): a person must check who sent it",
+    )
+
+
 # The sender policy, in order; every failing check is reported.
-SENDER_CHECKS = (allowed_requester, authentication)
+SENDER_CHECKS = (plain_sender, allowed_requester, authentication)
 
 
 def sender_policy(message: ReadMessage, intake: IntakeSettings) -> list[Verdict]:

@@ -468,6 +468,27 @@ def _mailbox(segment: str) -> tuple[str, str]:
     return name, address.strip().strip("<>").lower()
 
 
+# An address written inside a display name, as a name chosen to pass for another
+# sender shows it.
+_ADDRESS_IN_TEXT = re.compile(r"[^\s<>()\[\]\"',;:@]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_QUOTED_LOCAL_PART = re.compile(r'"(?:[^"\\]|\\.)*"@\S+')
+
+
+def _mailbox_doubt(segment: str) -> str | None:
+    """Why one From mailbox does not plainly name its sender; None when it does."""
+    text = _without_comments(segment)[0].strip()
+    angle = text.find("<")
+    if angle < 0 and not (len(text.split()) == 1 or _QUOTED_LOCAL_PART.fullmatch(text)):
+        return f"From {text!r} is not one well-formed address"
+    if angle >= 0 and ((close := text.find(">", angle)) < 0 or text[close + 1 :].strip()):
+        return f"From {text!r} is not one well-formed address"
+    name, address = _mailbox(segment)
+    shown = sorted({found.lower() for found in _ADDRESS_IN_TEXT.findall(name)} - {address})
+    if shown:
+        return f"the From name shows another address ({', '.join(shown)})"
+    return None
+
+
 def _message_ids(value: str | None) -> list[str]:
     if not value:
         return []
@@ -852,6 +873,31 @@ class ReadMessage:
             if found:
                 return found[0]
         return ("", "")
+
+    @cached_property
+    def sender_doubts(self) -> list[str]:
+        """Why the From field does not plainly name one sender; empty when it does.
+
+        Where two readers of one header can differ on who sent the message, a
+        check made on one reading (the receiving server's DMARC) says nothing
+        of the other: that is how forged senders pass authentication.
+        """
+        values = self._undecoded("from")
+        if not values:
+            return ["no From field"]
+        doubts = [f"{len(values)} From fields"] if len(values) > 1 else []
+        addressed = [
+            (segment, address)
+            for value in values
+            for segment in _address_segments(value)
+            if "@" in (address := _mailbox(segment)[1])
+        ]
+        if not addressed:
+            return [*doubts, "From holds no address"]
+        if len(values) == 1 and len(addressed) > 1:
+            doubts.append(f"From names {len(addressed)} addresses")
+        doubts.extend(doubt for segment, _ in addressed if (doubt := _mailbox_doubt(segment)))
+        return doubts
 
     @property
     def from_address(self) -> str:

@@ -253,8 +253,9 @@ class TestThroughTheIntake:
     def test_hostile_fields_arrive_as_one_line_of_text(self, service: Service) -> None:
         body = person_block(TEMPLATE_NAME, "caio@cliente.test", "RH\u2028X-Evil: 1\u202e", "Comum")
         # Encoded words that decode to CR/LF: the way a header can smuggle them in.
+        # (A name smuggling an address is held instead: see test_policy.TestPlainSender.)
         raw = (
-            "From: =?utf-8?q?Helena=0D=0ABcc=3A_evil=40x.test?= <helena@cliente.test>\r\n"
+            "From: =?utf-8?q?Helena=0D=0AX-Evil=3A_1?= <helena@cliente.test>\r\n"
             "To: acesso@portaria.test\r\n"
             "Subject: =?utf-8?q?#ACESSO=0D=0ABcc:_evil@x.test?=\r\n"
             "Message-ID: <hostile@cliente.test>\r\n"
@@ -266,7 +267,7 @@ class TestThroughTheIntake:
 
         [request] = _requests(service)
         assert (request.name, request.area) == (TEMPLATE_NAME, "RH X-Evil: 1")
-        assert request.requester_name == "Helena Bcc: evil@x.test"
+        assert request.requester_name == "Helena X-Evil: 1"
         send_due(service.sessions, service.settings)
         received = next(
             raw
@@ -276,7 +277,7 @@ class TestThroughTheIntake:
         parsed = assert_clean_headers(received, ["helena@cliente.test"])
         assert parsed["Subject"] == "Re: #ACESSO Bcc: evil@x.test — pedido recebido"
         text, html = bodies(parsed)
-        assert "Olá, Helena Bcc: evil@x.test!" in text
+        assert "Olá, Helena X-Evil: 1!" in text
         assert TEMPLATE_NAME in text and TEMPLATE_NAME in html
 
 

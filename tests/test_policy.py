@@ -18,6 +18,7 @@ from intake.policy import (
     address_matches,
     parse_authentication_results,
 )
+from intake.reading import read_message
 from intake.receiving import receive
 from portaria.cli import app
 from portaria.outbox_models import OutboxMessage
@@ -172,6 +173,115 @@ class TestAllowedRequesters:
 
         [decided] = requests_of(service)
         assert (decided.status, decided.decided_by) == ("approved", "cli:lucia")
+
+
+def with_from(raw: bytes, *lines: str) -> bytes:
+    """The message with its From line replaced by `lines`, byte for byte."""
+    head, _, body = raw.partition(b"\n\n")
+    kept = [line for line in head.split(b"\n") if not line.startswith(b"From:")]
+    return b"\n".join([*(line.encode() for line in lines), *kept]) + b"\n\n" + body
+
+
+class TestPlainSender:
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "helena.costa@cliente.test",
+            "<helena.costa@cliente.test>",
+            "Helena Costa <helena.costa@cliente.test>",
+            '"Costa, Helena" <helena.costa@cliente.test>',
+            "=?utf-8?q?Jos=C3=A9_Sim=C3=A3o?= <jose@cliente.test>",
+            # Outlook's encoded name with a comma inside the encoded word.
+            "=?iso-8859-1?Q?B=FCrling,=20Andreas?= <andreas@cliente.test>",
+            '"Helena (helena.costa@cliente.test)" <helena.costa@cliente.test>',
+            "helena.costa@cliente.test (Helena Costa)",
+            '"helena costa"@cliente.test',
+        ],
+    )
+    def test_one_plain_sender_has_no_doubts(self, value: str) -> None:
+        message = read_message(with_from(request_message(ANA), f"From: {value}"))
+
+        assert message.sender_doubts == []
+
+    @pytest.mark.parametrize(
+        ("lines", "doubts"),
+        [
+            (
+                ["From: Big Bug bb@bug.test"],
+                ["From 'Big Bug bb@bug.test' is not one well-formed address"],
+            ),
+            (
+                ["From: x@evil.test helena.costa@cliente.test"],
+                ["From 'x@evil.test helena.costa@cliente.test' is not one well-formed address"],
+            ),
+            (
+                ['From: "Helena" <helena.costa@cliente.test>:<x@evil.test>'],
+                [
+                    "From '\"Helena\" <helena.costa@cliente.test>:<x@evil.test>' is not one "
+                    "well-formed address"
+                ],
+            ),
+            (
+                ["From: <helena.costa@cliente.test"],
+                ["From '<helena.costa@cliente.test' is not one well-formed address"],
+            ),
+            (["From: x@evil.test, helena.costa@cliente.test"], ["From names 2 addresses"]),
+            (
+                ["From: helena.costa@cliente.test", "From : x@evil.test"],
+                ["2 From fields"],
+            ),
+            (
+                ['From: "helena.costa@cliente.test" <x@evil.test>'],
+                ["the From name shows another address (helena.costa@cliente.test)"],
+            ),
+            (
+                ["From: =?utf-8?q?helena.costa=40cliente.test?= <x@evil.test>"],
+                ["the From name shows another address (helena.costa@cliente.test)"],
+            ),
+            (
+                ["From: x@evil.test (helena.costa@cliente.test)"],
+                ["the From name shows another address (helena.costa@cliente.test)"],
+            ),
+            (["From: undisclosed-senders:;"], ["From holds no address"]),
+            (["Reply-To: helena.costa@cliente.test"], ["no From field"]),
+        ],
+    )
+    def test_each_kind_of_unclear_sender_is_named(
+        self, lines: list[str], doubts: list[str]
+    ) -> None:
+        message = read_message(with_from(request_message(ANA), *lines))
+
+        assert message.sender_doubts == doubts
+
+    def test_unclear_sender_is_held_flagged_and_not_answered(self, service: Service) -> None:
+        raw = with_from(request_message(ANA), 'From: "diretora@cliente.test" <x@evil.test>')
+
+        row = received(service, raw)
+
+        assert (row.outcome, row.destination) == ("held", "attention")
+        assert row.reason == (
+            "sender unclear (the From name shows another address (diretora@cliente.test)): "
+            "a person must check who sent it; sender not answered (outside the sender policy)"
+        )
+        [request] = requests_of(service)
+        assert (request.status, request.flags) == ("pending", ["sender_outside_policy"])
+        assert kinds_and_recipients(service) == [("support_notice", ["suporte@portaria.test"])]
+
+    def test_a_second_from_is_held_even_when_authentication_passed(
+        self, service: Service, settings: Settings
+    ) -> None:
+        # The receiving server judged one From; we must not act on another.
+        require_dmarc(settings, trusted_requesters=["cliente.test"])
+        raw = with_from(
+            request_message(ANA), "From: helena.costa@cliente.test", "From : x@evil.test"
+        )
+
+        row = received(service, with_results(raw, GENUINE))
+
+        assert row.outcome == "held"
+        assert row.reason.startswith("sender unclear (2 From fields)")
+        [request] = requests_of(service)
+        assert request.status == "pending"
 
 
 class TestAuthentication:
