@@ -33,6 +33,8 @@ class InboundMessage(Base):
     mailbox_key: Mapped[str] = mapped_column(String(255))  # "uidvalidity:uid" or Maildir key
     message_id: Mapped[str | None] = mapped_column(String(998))
     sha256: Mapped[str] = mapped_column(String(64))
+    # Sender and body only: what a copy delivered again by another route keeps.
+    content_sha256: Mapped[str | None] = mapped_column(String(64))
     size: Mapped[int]
     sender: Mapped[str | None] = mapped_column(String(320))
     subject: Mapped[str | None] = mapped_column(Text)

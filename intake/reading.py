@@ -23,6 +23,8 @@ from __future__ import annotations
 import binascii
 import codecs
 import csv
+import email
+import email.policy
 import email.utils
 import hashlib
 import html
@@ -439,9 +441,24 @@ def _unquote(name: str) -> str:
     return _WHITESPACE.sub(" ", name).strip()
 
 
+def _unquoted_find(text: str, char: str) -> int:
+    """Where `char` first appears outside a quoted string; -1 when it does not."""
+    quoted = escaped = False
+    for index, found in enumerate(text):
+        if escaped:
+            escaped = False
+        elif found == "\\" and quoted:
+            escaped = True
+        elif found == '"':
+            quoted = not quoted
+        elif found == char and not quoted:
+            return index
+    return -1
+
+
 def _mailbox(segment: str) -> tuple[str, str]:
     text, comment = _without_comments(segment)
-    angle = text.find("<")
+    angle = _unquoted_find(text, "<")
     if angle >= 0:
         close = text.find(">", angle)
         address = text[angle + 1 : close if close >= 0 else len(text)]
@@ -477,12 +494,16 @@ _QUOTED_LOCAL_PART = re.compile(r'"(?:[^"\\]|\\.)*"@\S+')
 def _mailbox_doubt(segment: str) -> str | None:
     """Why one From mailbox does not plainly name its sender; None when it does."""
     text = _without_comments(segment)[0].strip()
-    angle = text.find("<")
+    angle = _unquoted_find(text, "<")
     if angle < 0 and not (len(text.split()) == 1 or _QUOTED_LOCAL_PART.fullmatch(text)):
         return f"From {text!r} is not one well-formed address"
     if angle >= 0 and ((close := text.find(">", angle)) < 0 or text[close + 1 :].strip()):
         return f"From {text!r} is not one well-formed address"
+    if angle >= 0 and ":" in text[angle:close]:
+        return f"From {text!r} has an obsolete source route"
     name, address = _mailbox(segment)
+    # Look-alike characters (a fullwidth at sign) count as what they look like.
+    name = unicodedata.normalize("NFKC", name)
     shown = sorted({found.lower() for found in _ADDRESS_IN_TEXT.findall(name)} - {address})
     if shown:
         return f"the From name shows another address ({', '.join(shown)})"
@@ -939,18 +960,35 @@ class ReadMessage:
     # Body
 
     @cached_property
-    def _body(self) -> tuple[str, str, list[Attachment]]:
+    def _body(self) -> tuple[str, str, list[Attachment], str | None]:
         try:
             parsed = _BodyParser.from_bytes(self._mime)
             plain = "\n\n".join(part for part in parsed.text_plain if part.strip())
             document = "\n".join(parsed.text_html)
             attachments = [_attachment(item) for item in parsed.attachments]
-        except Exception:
-            # mail-parser on hostile input: a message with an unparseable
-            # body is still a message; its headers can be screened.
-            log.warning("%s: body could not be parsed", self.message_id, exc_info=True)
-            return "", "", []
-        return _clean_text(plain), document, attachments
+        except Exception as exc:
+            # mail-parser on hostile input (a multipart cut short): read what
+            # the parts hold one by one; only when that fails too is the body
+            # unreadable, and the headers can still be screened.
+            error = f"{type(exc).__name__}: {exc}"[:300]
+            log.debug("%s: where mail-parser failed", self.message_id, exc_info=True)
+            try:
+                plain, document, attachments = _body_part_by_part(self._mime)
+            except Exception as second:
+                log.warning("%s: body could not be parsed (%s)", self.message_id, error)
+                log.debug(
+                    "%s: where reading part by part failed", self.message_id, exc_info=second
+                )
+                return "", "", [], error
+            log.warning(
+                "%s: body read part by part; mail-parser failed (%s)", self.message_id, error
+            )
+        return _clean_text(plain), document, attachments, None
+
+    @property
+    def body_error(self) -> str | None:
+        """Why the body could not be parsed at all; None when it could."""
+        return self._body[3]
 
     @property
     def plain(self) -> str:
@@ -977,6 +1015,33 @@ class ReadMessage:
     @property
     def attachments(self) -> list[Attachment]:
         return self._body[2]
+
+
+def _body_part_by_part(mime: bytes) -> tuple[str, str, list[Attachment]]:
+    """Text and attachments read with Python's email package, one leaf part at a time.
+
+    A multipart whose boundary never comes is text a person would read as is,
+    so it counts as plain text.
+    """
+    message = email.message_from_bytes(mime, policy=email.policy.compat32)
+    plain: list[str] = []
+    documents: list[str] = []
+    attachments: list[Attachment] = []
+    for part in message.walk():
+        if part.is_multipart():
+            continue
+        content_type = part.get_content_type()
+        payload = part.get_payload(decode=True)
+        if not isinstance(payload, bytes):
+            continue
+        if part.get_filename() or part.get_content_disposition() == "attachment":
+            attachments.append(Attachment(part.get_filename() or "", content_type, payload))
+        elif content_type == "text/html":
+            documents.append(decode_text(payload, part.get_content_charset()))
+        elif content_type == "text/plain" or part.get_content_maintype() == "multipart":
+            plain.append(decode_text(payload, part.get_content_charset()))
+    text = "\n\n".join(chunk for chunk in plain if chunk.strip())
+    return text, "\n".join(documents), attachments
 
 
 def _attachment(item: dict) -> Attachment:

@@ -11,8 +11,8 @@ What each outcome means here:
 - ``ignored``: a delivery report about our mail (its bounced addresses are
   recorded), our own mail come back, a machine answering us, or mail the
   screening calls automatic. Never answered.
-- ``unreadable``: not a message, or larger than ``intake.max_message_bytes``
-  (then only its headers are read).
+- ``unreadable``: not a message; larger than ``intake.max_message_bytes`` (then
+  only its headers are read); or a request whose body could not be parsed.
 - ``held``: outside the sender policy (its requests are queued, flagged
   ``sender_outside_policy``, and the sender is not answered, since the From
   address may be forged), or over the attachment or people limit (nothing
@@ -27,7 +27,7 @@ import hashlib
 import logging
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
@@ -120,6 +120,7 @@ def receive(
     row.message_id = message.message_id
     row.sender = message.from_address
     row.subject = message.subject
+    row.content_sha256 = content_digest(raw, message.from_address)
     session.flush()
 
     original = _earlier_copy(session, row)
@@ -148,6 +149,12 @@ def receive(
         return _decided(session, row, "ignored" if tagged else "left", screening.reason)
     if oversize is not None:
         return _decided(session, row, "unreadable", oversize.reason)
+    if message.body_error is not None:
+        # Telling the requester "everything is missing" would be wrong: we
+        # could not look. A person reads it from the attention folder.
+        return _decided(
+            session, row, "unreadable", f"body could not be parsed: {message.body_error}"
+        )
 
     return _take_request(session, settings, row, message)
 
@@ -356,20 +363,43 @@ def _bracketed(message_id: str | None) -> str | None:
     return message_id if message_id.startswith("<") else f"<{message_id}>"
 
 
-def _earlier_copy(session: Session, row: InboundMessage) -> InboundMessage | None:
-    """The first recording of the same message: same Message-ID and the same bytes.
+def content_digest(raw: bytes, sender: str) -> str:
+    """The digest of who sent a message and its body, whatever headers each hop added.
 
-    A reused Message-ID on different content is a new message, never dropped.
+    Line ends are made alike: one copy may come from IMAP (CRLF) and another
+    from a Maildir file (LF).
+    """
+    ends = [end for end in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if end >= 0]
+    body = raw[min(ends) :].lstrip(b"\r\n") if ends else b""
+    digest = hashlib.sha256(sender.encode("utf-8", "replace") + b"\n")
+    digest.update(body.replace(b"\r\n", b"\n"))
+    return digest.hexdigest()
+
+
+def _earlier_copy(session: Session, row: InboundMessage) -> InboundMessage | None:
+    """The first recording of the same message.
+
+    The same Message-ID, and either the same bytes or, for a copy delivered
+    again by another route (new Received lines, a new Date), the same sender
+    and body. A reused Message-ID on different content is a new message,
+    never dropped; without a Message-ID only the same bytes are a copy.
     """
     query = select(InboundMessage).where(
-        InboundMessage.sha256 == row.sha256,
         InboundMessage.outcome != "duplicate",
         InboundMessage.id != row.id,
     )
     if row.message_id is None:
-        query = query.where(InboundMessage.message_id.is_(None))
+        query = query.where(
+            InboundMessage.message_id.is_(None), InboundMessage.sha256 == row.sha256
+        )
     else:
-        query = query.where(InboundMessage.message_id == row.message_id)
+        query = query.where(
+            InboundMessage.message_id == row.message_id,
+            or_(
+                InboundMessage.sha256 == row.sha256,
+                InboundMessage.content_sha256 == row.content_sha256,
+            ),
+        )
     return session.scalars(query.order_by(InboundMessage.id).limit(1)).first()
 
 

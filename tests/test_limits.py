@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+import intake.reading
 import intake.receiving
 from config.settings import ConfigError, IntakeSettings, Settings, load_settings
 from intake.models import InboundMessage
@@ -171,6 +172,47 @@ class TestMessageSize:
         service.settings.intake.max_message_bytes = len(raw)
 
         assert received(service, raw).outcome == "request"
+
+
+# A multipart/alternative part whose boundary never comes: mail-parser gives up on it.
+CUT_SHORT = (
+    "From: Helena Costa <helena.costa@cliente.test>\n"
+    "To: acesso@portaria.test\n"
+    "Subject: #ACESSO\n"
+    "Message-ID: <cut@cliente.test>\n"
+    "MIME-Version: 1.0\n"
+    'Content-Type: multipart/mixed; boundary="outer"\n\n'
+    "--outer\n"
+    'Content-Type: multipart/alternative; boundary="inner"\n\n'
+    + person_block("Ana Lima", "ana@cliente.test", "RH", "Comum")
+    + "\n"
+).encode()
+
+
+class TestBodyCutShort:
+    def test_a_multipart_cut_short_is_read_part_by_part(self, service: Service) -> None:
+        row = received(service, CUT_SHORT)
+
+        assert (row.outcome, row.reason) == ("request", "")
+        with service.sessions() as session:
+            [request] = session.scalars(select(AccessRequest))
+            assert (request.name, request.email) == ("Ana Lima", "ana@cliente.test")
+
+    def test_a_body_no_parser_can_read_is_unreadable_and_not_answered(
+        self, service: Service, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def refuse(_data: bytes):  # type: ignore[no-untyped-def]
+            raise ValueError("cannot read this")
+
+        monkeypatch.setattr(_BodyParser, "from_bytes", staticmethod(refuse))
+        monkeypatch.setattr(intake.reading, "_body_part_by_part", refuse)
+
+        row = received(service, CUT_SHORT)
+
+        assert (row.outcome, row.destination) == ("unreadable", "attention")
+        assert row.reason == "body could not be parsed: ValueError: cannot read this"
+        assert count(service, AccessRequest) == 0
+        assert count(service, OutboxMessage) == 0
 
 
 class TestPeoplePerMessage:

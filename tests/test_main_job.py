@@ -8,6 +8,7 @@ and duplicates nothing.
 from __future__ import annotations
 
 import mailbox
+import re
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from sqlalchemy import func, select
 from config.settings import Settings
 from intake.models import InboundMessage
 from intake.poller import poll_once
+from intake.receiving import content_digest
 from portaria.outbox import send_due
 from portaria.outbox_models import OutboxMessage
 from portaria.wiring import Service
@@ -203,6 +205,64 @@ def test_same_message_delivered_twice_creates_nothing_new(
     assert len(folder(settings, "Processed")) == 2
 
 
+def test_copy_delivered_again_by_another_route_is_a_duplicate(
+    service: Service, settings: Settings
+) -> None:
+    raw = request_message(
+        person_block("Ana Lima", "ana@cliente.test", "Financeiro", "Comum"),
+        message_id="<route@cliente.test>",
+    )
+    deliver(settings, raw)
+    poll_once(service.sessions, settings)
+    # What a second delivery looks like: new trace headers on top, a rewritten
+    # Date, line ends as another store keeps them.
+    again = (
+        b"Received: from relay.cliente.test by mx.portaria.test; Tue, 1 Dec 2026 12:05:00 -0300\n"
+        b"Delivered-To: acesso@portaria.test\n"
+        + re.sub(rb"(?m)^Date: .*$", b"Date: Tue, 01 Dec 2026 12:05:00 -0300", raw)
+    ).replace(b"\n", b"\r\n")
+    deliver(settings, again)
+
+    report = poll_once(service.sessions, settings)
+
+    assert dict(report.outcomes) == {"duplicate": 1}
+    assert count(service, AccessRequest) == 1
+    with service.sessions() as session:
+        kinds = session.scalars(select(OutboxMessage.kind).order_by(OutboxMessage.id))
+        assert list(kinds) == ["received", "support_notice"]
+
+
+def test_same_message_id_and_body_from_another_sender_is_a_new_message(
+    service: Service, settings: Settings
+) -> None:
+    body = person_block("Ana Lima", "ana@cliente.test", "Financeiro", "Comum")
+    deliver(settings, request_message(body, message_id="<same@cliente.test>"))
+    poll_once(service.sessions, settings)
+    deliver(
+        settings,
+        request_message(
+            body, message_id="<same@cliente.test>", sender="Rui <rui.paiva@cliente.test>"
+        ),
+    )
+
+    report = poll_once(service.sessions, settings)
+
+    assert dict(report.outcomes) == {"request": 1}
+    assert [r.requester_email for r in requests_of(service)] == [
+        "helena.costa@cliente.test",
+        "rui.paiva@cliente.test",
+    ]
+
+
+def test_content_digest_ignores_headers_and_line_ends_not_sender_or_body() -> None:
+    raw = b"From: a@x.test\nSubject: s\n\nNome: Ana\nE-mail: ana@x.test\n"
+    crlf = b"Received: by mx\r\n" + raw.replace(b"\n", b"\r\n")
+
+    assert content_digest(crlf, "a@x.test") == content_digest(raw, "a@x.test")
+    assert content_digest(raw, "b@x.test") != content_digest(raw, "a@x.test")
+    assert content_digest(raw + b"x", "a@x.test") != content_digest(raw, "a@x.test")
+
+
 def test_reused_message_id_on_new_content_is_a_new_message(
     service: Service, settings: Settings
 ) -> None:
@@ -339,4 +399,4 @@ def test_held_requests_need_an_explicit_decision(service: Service, settings: Set
     assert (held.status, held.flags) == ("pending", ["sender_outside_policy"])
     with service.sessions() as session:
         assert pending_ids(session) == []
-        assert pending_ids(session, include_held=True) == [held.id]
+        assert pending_ids(session, include_flagged=True) == [held.id]

@@ -242,6 +242,18 @@ class TestPlainSender:
                 ["From: x@evil.test (helena.costa@cliente.test)"],
                 ["the From name shows another address (helena.costa@cliente.test)"],
             ),
+            (
+                ['From: "Helena <helena.costa@cliente.test>" <x@evil.test>'],
+                ["the From name shows another address (helena.costa@cliente.test)"],
+            ),
+            (
+                ['From: "helena.costa\uff20cliente.test" <x@evil.test>'],
+                ["the From name shows another address (helena.costa@cliente.test)"],
+            ),
+            (
+                ["From: <@evil.test:helena.costa@cliente.test>"],
+                ["From '<@evil.test:helena.costa@cliente.test>' has an obsolete source route"],
+            ),
             (["From: undisclosed-senders:;"], ["From holds no address"]),
             (["Reply-To: helena.costa@cliente.test"], ["no From field"]),
         ],
@@ -252,6 +264,16 @@ class TestPlainSender:
         message = read_message(with_from(request_message(ANA), *lines))
 
         assert message.sender_doubts == doubts
+
+    def test_an_angle_bracket_inside_the_quoted_name_is_not_the_address(self) -> None:
+        raw = with_from(request_message(ANA), 'From: "Boss <boss@cliente.test>" <x@evil.test>')
+
+        message = read_message(raw)
+
+        assert (message.from_name, message.from_address) == (
+            "Boss <boss@cliente.test>",
+            "x@evil.test",
+        )
 
     def test_unclear_sender_is_held_flagged_and_not_answered(self, service: Service) -> None:
         raw = with_from(request_message(ANA), 'From: "diretora@cliente.test" <x@evil.test>')
