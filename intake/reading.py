@@ -906,17 +906,18 @@ class ReadMessage:
         values = self._undecoded("from")
         if not values:
             return ["no From field"]
-        doubts = [f"{len(values)} From fields"] if len(values) > 1 else []
         addressed = [
             (segment, address)
             for value in values
             for segment in _address_segments(value)
             if "@" in (address := _mailbox(segment)[1])
         ]
+        named = ", ".join(address for _, address in addressed)
+        doubts = [f"{len(values)} From fields: {named or 'no address'}"] if len(values) > 1 else []
         if not addressed:
             return [*doubts, "From holds no address"]
         if len(values) == 1 and len(addressed) > 1:
-            doubts.append(f"From names {len(addressed)} addresses")
+            doubts.append(f"From names {len(addressed)} addresses: {named}")
         doubts.extend(doubt for segment, _ in addressed if (doubt := _mailbox_doubt(segment)))
         return doubts
 

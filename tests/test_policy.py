@@ -225,10 +225,13 @@ class TestPlainSender:
                 ["From: <helena.costa@cliente.test"],
                 ["From '<helena.costa@cliente.test' is not one well-formed address"],
             ),
-            (["From: x@evil.test, helena.costa@cliente.test"], ["From names 2 addresses"]),
+            (
+                ["From: x@evil.test, helena.costa@cliente.test"],
+                ["From names 2 addresses: x@evil.test, helena.costa@cliente.test"],
+            ),
             (
                 ["From: helena.costa@cliente.test", "From : x@evil.test"],
-                ["2 From fields"],
+                ["2 From fields: helena.costa@cliente.test, x@evil.test"],
             ),
             (
                 ['From: "helena.costa@cliente.test" <x@evil.test>'],
@@ -301,7 +304,9 @@ class TestPlainSender:
         row = received(service, with_results(raw, GENUINE))
 
         assert row.outcome == "held"
-        assert row.reason.startswith("sender unclear (2 From fields)")
+        assert row.reason.startswith(
+            "sender unclear (2 From fields: helena.costa@cliente.test, x@evil.test)"
+        )
         [request] = requests_of(service)
         assert request.status == "pending"
 
@@ -417,6 +422,10 @@ class TestFlags:
         assert "sender_outside_policy" in row
         assert shown.exit_code == 0, shown.output
         assert "       flags: sender_outside_policy" in shown.output.splitlines()
+        assert (
+            "      intake: held: sender helena.costa@cliente.test is not an allowed requester "
+            "(intake.allowed_requesters); sender not answered (outside the sender policy)"
+        ) in shown.output.splitlines()
 
 
 class TestAutoApproval:
