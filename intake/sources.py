@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -47,6 +48,7 @@ MAILDIR_CHECK_INTERVAL = 0.25
 
 # Maildir file names are "<unique>:2,<flags>"; the unique part is the key.
 MAILDIR_INFO_SEPARATOR = ":"
+_DIGITS = re.compile(r"(\d+)")
 
 # What an act on a Maildir file returns (the bytes read, or nothing).
 _Done = TypeVar("_Done")
@@ -589,8 +591,7 @@ class MaildirMailbox:
     def keys(self) -> list[str]:
         files = self._files()
         log.debug("%s: %d messages in the inbox folder", self.identity, len(files))
-        # Unique names start with the delivery time, so this is about arrival order.
-        return sorted(files)
+        return sorted(files, key=_arrival_order)
 
     def fetch(self, keys: Sequence[str], max_bytes: int | None = None) -> Iterator[Fetched]:
         def read(path: Path) -> tuple[bytes, int]:
@@ -695,6 +696,15 @@ class MaildirMailbox:
             )
         except OSError as exc:
             raise MailboxUnavailable(f"{self.identity}: cannot look: {_reason(exc)}") from exc
+
+
+def _arrival_order(key: str) -> list[tuple[int, str]]:
+    """Sort key for Maildir names, which start with the delivery time.
+
+    Numbers compare as numbers: the microseconds in "1796404380.M847414P12"
+    are not zero-padded, so text order would put .M99 after .M847414.
+    """
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in _DIGITS.split(key)]
 
 
 def _make_maildir(path: Path) -> None:

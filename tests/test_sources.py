@@ -613,6 +613,22 @@ class TestMaildirLayout:
 
         assert sorted(path.name for path in maildir.path.iterdir()) == ["cur", "new", "tmp"]
 
+    def test_keys_come_in_delivery_order_when_microseconds_differ_in_width(
+        self, tmp_path: Path
+    ) -> None:
+        # Python's mailbox.Maildir writes microseconds without zero padding.
+        maildir = MaildirUnderTest(tmp_path)
+        names = ["1796404380.M99P7Q1.host", "1796404380.M847414P7Q2.host"]
+        for name, number in zip(reversed(names), (2, 1), strict=True):
+            maildir._write(name, request_email(number), "new")
+
+        with maildir.source() as source:
+            keys = source.keys()
+            first = next(source.fetch(keys[:1]))
+
+        assert keys == names
+        assert first.raw == request_email(1)
+
     def test_keys_are_those_of_python_mailbox(self, tmp_path: Path) -> None:
         maildir = MaildirUnderTest(tmp_path)
         maildir.append(request_email(1))
