@@ -21,7 +21,7 @@ import portaria.outbox_models  # noqa: F401
 from config.settings import Settings
 from intake.extraction import FIELD_NAMES
 from intake.receiving import receive
-from intake.report import OUTCOME_LABELS
+from intake.report import OUTCOME_LABELS, problem_lines
 from portaria.db import Base
 from provisioning.models import AccessRequest
 
@@ -50,6 +50,12 @@ def _report(row: intake.models.InboundMessage, requests: list[AccessRequest]) ->
     missing: list[str] = []
     for request in requests:
         missing += [field for field in request.missing if field not in missing]
+    problems = problem_lines(
+        (field, request.problems[field])
+        for request in requests
+        for field in FIELD_NAMES
+        if field in request.problems
+    )
     return {
         "outcome": REPORTED_OUTCOMES.get(row.outcome, row.outcome),
         "requests": [
@@ -58,6 +64,7 @@ def _report(row: intake.models.InboundMessage, requests: list[AccessRequest]) ->
             if request.status == "pending"
         ],
         "missing": [field for field in FIELD_NAMES if field in missing],
+        "problems": problems,
         "reason": row.reason,
         "message": {"message_id": row.message_id, "from": row.sender, "subject": row.subject},
     }

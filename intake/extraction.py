@@ -28,6 +28,9 @@ How a message is read, in order:
 4. Fields are grouped into people: a field that the current person already
    has starts the next person. Fields stated before the first person, or
    marked "para todos" / "for all", apply to every person lacking them.
+   A field written but unusable (an address with loose words, two access
+   types, a name too long: see `intake.values`) stays empty, is missing, and
+   keeps its problem, which the requester is told; a default does not fill it.
 5. CSV attachments (header row naming the columns) add their rows; an
    attached message (forward as attachment) is read when the body names
    nobody.
@@ -39,14 +42,24 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import pairwise
 
 from intake.errors import UnreadableMessage
 from intake.fields import Item, Reading, header_row, read_lines, row_items
 from intake.folding import normalise
 from intake.reading import ReadMessage, read_message
 from intake.segments import split_segments, without_signature
-from intake.values import clean_area, clean_name, parse_access_type, parse_email
+from intake.values import (
+    MAX_AREA_CHARS,
+    Problem,
+    parse_access_type,
+    parse_email,
+    read_access_type,
+    read_area,
+    read_email,
+    read_name,
+)
 from intake.vocabulary import ACCESS_WORDS, AREA_KINDS, LABEL_WORDS, AccessType
 
 log = logging.getLogger(__name__)
@@ -60,6 +73,7 @@ __all__ = [
     "LABEL_WORDS",
     "Extraction",
     "Person",
+    "Problem",
     "extract",
     "parse_access_type",
     "parse_email",
@@ -67,19 +81,31 @@ __all__ = [
 
 FIELD_NAMES = ("name", "email", "area", "access_type")
 
+# How each field's value is read: the value, or why it cannot be used.
+_READERS = {
+    "name": read_name,
+    "email": read_email,
+    "access_type": read_access_type,
+}
+
 
 @dataclass
 class Person:
-    """One person named by a request, with whatever fields were found."""
+    """One person named by a request, with whatever fields were found.
+
+    ``problems`` holds, for a field that was written but cannot be used, why;
+    that field is None and missing like one never written.
+    """
 
     name: str | None = None
     email: str | None = None
     area: str | None = None
     access_type: AccessType | None = None
+    problems: dict[str, Problem] = field(default_factory=dict)
 
     @property
     def missing(self) -> list[str]:
-        """Names of the fields not found, in FIELD_NAMES order."""
+        """Names of the fields not found or not usable, in FIELD_NAMES order."""
         return [name for name in FIELD_NAMES if getattr(self, name) is None]
 
     @property
@@ -108,6 +134,16 @@ class Extraction:
         gaps = {name for person in self.people for name in person.missing}
         return [name for name in FIELD_NAMES if name in gaps]
 
+    @property
+    def problems(self) -> list[tuple[int, str, Problem]]:
+        """(person's index, field, problem) for every field written but unusable, in order."""
+        return [
+            (index, name, person.problems[name])
+            for index, person in enumerate(self.people)
+            for name in FIELD_NAMES
+            if name in person.problems
+        ]
+
 
 # --------------------------------------------------------------------------
 # People: field items grouped into persons
@@ -119,22 +155,34 @@ def _apply(person: Person, item: Item, kinds: list[str]) -> bool:
         kind = item.area_kind or "area"
         if kind in kinds:
             return False
-        area = clean_area(item.value)
-        if area is None:
+        area, problem = read_area(item.value)
+        if area is None and problem is None:
             return True
         kinds.append(kind)
-        person.area = f"{person.area} / {area}" if person.area else area
+        _add_area_part(person, area, problem)
         return True
     if getattr(person, item.field) is not None or item.field in kinds:
         return False
     kinds.append(item.field)
-    if item.field == "name":
-        person.name = clean_name(item.value)
-    elif item.field == "email":
-        person.email = parse_email(item.value)
-    elif item.field == "access_type":
-        person.access_type = parse_access_type(item.value)
+    value, problem = _READERS[item.field](item.value)
+    setattr(person, item.field, value)
+    if problem is not None:
+        person.problems[item.field] = problem
     return True
+
+
+def _add_area_part(person: Person, area: str | None, problem: Problem | None) -> None:
+    """Join `area` to the parts the person has, unless the whole is unusable."""
+    if "area" in person.problems:
+        return  # one part is already unusable: so is the whole area
+    joined = f"{person.area} / {area}" if person.area else area
+    if problem is None and joined is not None and len(joined) > MAX_AREA_CHARS:
+        problem = Problem("too_long", length=len(joined), limit=MAX_AREA_CHARS)
+    if problem is not None:
+        person.area = None
+        person.problems["area"] = problem
+    else:
+        person.area = joined
 
 
 def _group(items: Iterable[Item]) -> tuple[list[Person], dict[str, Item]]:
@@ -168,18 +216,45 @@ def _group(items: Iterable[Item]) -> tuple[list[Person], dict[str, Item]]:
         kinds.append([])
         for item in pending:
             _apply(people[-1], item, kinds[-1])
+    _contradicted_access(people)
     return people, defaults
 
 
+def _contradicted_access(people: list[Person]) -> None:
+    """Two access types in a row for one person make the access type unusable.
+
+    "Acesso: Comum" then "Perfil: Admin" starts a next person by the grouping
+    rule; when nobody is ever named for it, the second type was said of the
+    person before, and the first one cannot simply win.
+    """
+    for before, after in pairwise(people):
+        if not _identified(before) or _identified(after):
+            continue
+        found = (before.access_type, after.access_type)
+        if None not in found and found[0] != found[1]:
+            before.access_type = None
+            before.problems["access_type"] = Problem("several", found=found)
+
+
 def _fill(people: list[Person], defaults: dict[str, Item]) -> None:
+    """Give each person the defaults for the fields they lack.
+
+    A field written for the person but unusable is not lacking: the default
+    would replace what the requester wrote for this person with a guess.
+    """
     for person in people:
         for item in defaults.values():
-            if getattr(person, item.field) is None:
+            if getattr(person, item.field) is None and item.field not in person.problems:
                 _apply(person, item, [])
 
 
 def _identified(person: Person) -> bool:
-    return person.name is not None or person.email is not None
+    """Whether someone is named, even by a name or address that cannot be used."""
+    return (
+        person.name is not None
+        or person.email is not None
+        or not {"name", "email"}.isdisjoint(person.problems)
+    )
 
 
 def _trailing_defaults(people: list[Person], items: list[Item]) -> dict[str, Item]:
@@ -216,18 +291,33 @@ def _people_of(reading: Reading) -> tuple[list[Person], dict[str, Item]]:
     return people, defaults
 
 
+def _addresses(person: Person) -> set[str]:
+    """The addresses stated for `person`, usable or not (an unclear one has one)."""
+    if person.email is not None:
+        return {person.email}
+    problem = person.problems.get("email")
+    return set(problem.found) if problem is not None else set()
+
+
 def _drop_participants(people: list[Person], participants: set[str]) -> list[Person]:
     """Drop people who are only a signature: a participant's address, nothing else."""
     return [
         person
         for person in people
-        if person.email not in participants
+        if not (addresses := _addresses(person))
+        or not addresses <= participants
         or person.area is not None
         or person.access_type is not None
+        or not {"area", "access_type"}.isdisjoint(person.problems)
     ]
 
 
 def _dedupe(people: list[Person]) -> list[Person]:
+    """One person per address: later mentions fill the fields the first lacks.
+
+    Two different access types for the same address are a problem, as they
+    are in one value: neither mention is more the requester's than the other.
+    """
     seen: dict[str, Person] = {}
     result: list[Person] = []
     for person in people:
@@ -239,10 +329,22 @@ def _dedupe(people: list[Person]) -> list[Person]:
             seen[person.email] = person
             result.append(person)
             continue
-        for name in FIELD_NAMES:
-            if getattr(first, name) is None:
-                setattr(first, name, getattr(person, name))
+        _merge(first, person)
     return result
+
+
+def _merge(first: Person, later: Person) -> None:
+    if first.access_type is not None and later.access_type not in (None, first.access_type):
+        found = (first.access_type, later.access_type)
+        first.access_type = None
+        first.problems["access_type"] = Problem("several", found=found)
+    for name in FIELD_NAMES:
+        if getattr(first, name) is not None:
+            continue
+        if getattr(later, name) is not None and name not in first.problems:
+            setattr(first, name, getattr(later, name))
+        elif name in later.problems and name not in first.problems:
+            first.problems[name] = later.problems[name]
 
 
 # --------------------------------------------------------------------------

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 from intake.folding import folded_words
 from intake.values import (
     PARENTHESES,
-    clean_name,
     clean_value,
     looks_like_name,
     parse_access_type,
     parse_email,
+    read_access_type,
+    read_email,
+    read_name,
     split_name_address,
 )
 from intake.vocabulary import (
@@ -164,25 +166,30 @@ def names_someone(line: str) -> bool:
 
 
 def _items_for(label: Label, raw_value: str, line: int) -> list[Item]:
-    """The field items a labelled value gives (none when the value is empty)."""
+    """The field items a labelled value gives (none when the value is empty).
+
+    An email value is kept whole: whether it is one usable address depends
+    on all of it (`intake.values.read_email`), not on the address found in it.
+    """
     value = clean_value(raw_value)
     if value is None:
         return []
     if label.field in ("name", "name_email"):
+        # Under a name label, the words before an address are the name.
         name, address = split_name_address(value)
         if address is not None:
             items = [Item("email", address, line, for_all=label.for_all)]
-            if name and clean_name(name):
-                items.insert(0, Item("name", clean_name(name) or name, line))
+            if name and read_name(name) != (None, None):
+                items.insert(0, Item("name", name, line))
             return items
         if label.field == "name_email":
-            name = clean_name(value)
-            return [Item("name", name, line)] if name else []
+            return [Item("name", value, line)] if read_name(value) != (None, None) else []
         return [Item("name", value, line, for_all=label.for_all)]
     if label.field == "email":
-        name, address = split_name_address(value)
-        items = [Item("email", address or value, line, for_all=label.for_all)]
-        if address and name and looks_like_name(name):
+        items = [Item("email", value, line, for_all=label.for_all)]
+        address, _ = read_email(value)
+        name, _ = split_name_address(value) if address else (None, None)
+        if name and looks_like_name(name):
             items.append(Item("name", name, line, for_all=False))
         return items
     # "Perfil: Comum para todos" states the access for everyone too.
@@ -287,9 +294,7 @@ def read_lines(lines: list[str], participants: set[str]) -> Reading:
             continue
 
         if _CHECKBOX_START.match(line):
-            access = parse_access_type(line)
-            if access is not None:
-                reading.items.append(Item("access_type", access, index - 1))
+            index = _read_checkboxes(lines, index - 1, reading)
             continue
 
         unlabelled = _unlabelled(line, parts, participants, index - 1)
@@ -305,6 +310,35 @@ def read_lines(lines: list[str], participants: set[str]) -> Reading:
             if access is not None:
                 reading.items.append(Item("access_type", access, index - 1, for_all=True))
     return reading
+
+
+def _read_checkboxes(lines: list[str], index: int, reading: Reading) -> int:
+    """A list of checkbox lines, read as one choice; returns the index after it.
+
+    Read line by line, a second checked access type would be taken for the
+    next person's; read together, two checked types are seen as two.
+    """
+    start = index
+    marked = [lines[index].strip()]
+    index += 1
+    while index < len(lines) and (not lines[index].strip() or _is_checkbox(lines[index])):
+        if lines[index].strip():
+            marked.append(lines[index].strip())
+        index += 1
+    value = " ".join(marked)
+    access, problem = read_access_type(value)
+    if access is not None:
+        reading.items.append(Item("access_type", access, start))
+    elif problem is not None and problem.kind == "several":
+        reading.items.append(Item("access_type", value, start))
+    # Otherwise the boxes choose no access type: a list of something else.
+    return index
+
+
+def _is_checkbox(line: str) -> bool:
+    """A checkbox line, not a labelled one that starts like one ("(1) Nome: Ana")."""
+    line = line.strip()
+    return bool(_CHECKBOX_START.match(line)) and _labelled(_LIST_MARKER.sub("", line)) is None
 
 
 def _split_embedded(text: str) -> list[str]:
@@ -455,20 +489,27 @@ def _unlabelled(line: str, parts: list[str], participants: set[str], number: int
     if len(texts) > 5:
         return []
     items: list[Item] = []
+    accesses: list[str] = []
     rest: list[str] = []
     for cell in texts:
         address = parse_email(cell) if "@" in cell else None
-        access = parse_access_type(cell) if address is None else None
+        access, problem = read_access_type(cell) if address is None else (None, None)
         if address is not None and not any(item.field == "email" for item in items):
             name, _ = split_name_address(cell)
             if name and looks_like_name(name):
                 items.append(Item("name", name, number))
-            items.append(Item("email", address, number))
-        elif access is not None and len(cell.split()) <= 4:
-            items.append(Item("access_type", access, number))
+                items.append(Item("email", address, number))
+            else:
+                # Whether the cell is that one address alone is the whole cell's to say.
+                items.append(Item("email", _LIST_MARKER.sub("", cell), number))
+        elif len(cell.split()) <= 4 and (access or (problem and problem.kind == "several")):
+            accesses.append(cell)
         else:
             rest.append(_LIST_MARKER.sub("", cell))
-    emails = [item.value for item in items if item.field == "email"]
+    if accesses:
+        # Cells naming access types are one value: "Comum, Admin" names two types.
+        items.append(Item("access_type", ", ".join(accesses), number))
+    emails = [parse_email(item.value) for item in items if item.field == "email"]
     if len(emails) != 1 or emails[0] in participants:
         return []
     if not any(item.field == "name" for item in items) and rest and looks_like_name(rest[0]):

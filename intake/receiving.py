@@ -120,7 +120,7 @@ def receive(
     row.message_id = message.message_id
     row.sender = message.from_address
     row.subject = message.subject
-    row.content_sha256 = content_digest(raw, message.from_address)
+    row.content_sha256 = content_digest(raw, message.from_address, message.subject)
     session.flush()
 
     original = _earlier_copy(session, row)
@@ -178,7 +178,12 @@ def _take_request(
     # tables, pages): control characters and line breaks become spaces.
     people = [
         RequestedPerson(
-            _one_line(p.name), p.email, _one_line(p.area), p.access_type, tuple(p.missing)
+            _one_line(p.name),
+            p.email,
+            _one_line(p.area),
+            p.access_type,
+            tuple(p.missing),
+            {field: problem.record() for field, problem in p.problems.items()},
         )
         for p in extraction.people
     ]
@@ -292,7 +297,10 @@ def _answer(
             "incomplete",
             {
                 **base,
-                "people": [{**letter_person(r), "missing": list(r.missing)} for r in incomplete],
+                "people": [
+                    {**letter_person(r), "missing": list(r.missing), "problems": dict(r.problems)}
+                    for r in incomplete
+                ],
             },
             incomplete,
         ),
@@ -363,15 +371,15 @@ def _bracketed(message_id: str | None) -> str | None:
     return message_id if message_id.startswith("<") else f"<{message_id}>"
 
 
-def content_digest(raw: bytes, sender: str) -> str:
-    """The digest of who sent a message and its body, whatever headers each hop added.
+def content_digest(raw: bytes, sender: str, subject: str) -> str:
+    """The digest of a message's sender, subject and body, whatever headers each hop added.
 
     Line ends are made alike: one copy may come from IMAP (CRLF) and another
     from a Maildir file (LF).
     """
     ends = [end for end in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if end >= 0]
     body = raw[min(ends) :].lstrip(b"\r\n") if ends else b""
-    digest = hashlib.sha256(sender.encode("utf-8", "replace") + b"\n")
+    digest = hashlib.sha256(f"{sender}\n{subject}\n".encode("utf-8", "replace"))
     digest.update(body.replace(b"\r\n", b"\n"))
     return digest.hexdigest()
 
@@ -380,8 +388,8 @@ def _earlier_copy(session: Session, row: InboundMessage) -> InboundMessage | Non
     """The first recording of the same message.
 
     The same Message-ID, and either the same bytes or, for a copy delivered
-    again by another route (new Received lines, a new Date), the same sender
-    and body. A reused Message-ID on different content is a new message,
+    again by another route (new Received lines, a new Date), the same sender,
+    subject and body. A reused Message-ID on different content is a new message,
     never dropped; without a Message-ID only the same bytes are a copy.
     """
     query = select(InboundMessage).where(

@@ -12,7 +12,9 @@ Outcomes:
 - "request": every person found has all four fields; `requests` lists them.
 - "incomplete": nobody was found, or at least one person lacks a field.
   `requests` still lists the complete people and `missing` names the fields
-  lacking for the others. A message mixing complete and incomplete people is
+  lacking for the others; `problems` says, one line each (pt-BR, as the
+  requester is told), what was wrong with those that were written but
+  cannot be used ("E-mail inválido: ana@@x"). A message mixing complete and incomplete people is
   incomplete on purpose: the requester has to be asked for the rest anyway,
   and reporting it as a plain request would hide that question; the complete
   people are not lost, they are in `requests` for the queue.
@@ -21,15 +23,17 @@ Outcomes:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from intake.extraction import FIELD_NAMES, Extraction, extract
 from intake.reading import ReadMessage, read_message
 from intake.screening import screen
+from portaria.letters import DEFAULT_LANGUAGE, describe_problem
 
 log = logging.getLogger(__name__)
 
-__all__ = ["format_report", "parse_report"]
+__all__ = ["format_report", "parse_report", "problem_lines"]
 
 # pt-BR first, English after, for the printed report.
 OUTCOME_LABELS = {
@@ -64,12 +68,19 @@ def parse_report(raw: bytes, *, tag: str = "#ACESSO") -> dict[str, Any]:
     ]
     if not extraction.incomplete_people:
         return _report(message, "request", requests, [], "")
-    return _report(message, "incomplete", requests, extraction.missing, _why(extraction))
+    problems = problem_lines((name, problem.record()) for _, name, problem in extraction.problems)
+    return _report(message, "incomplete", requests, extraction.missing, _why(extraction), problems)
+
+
+def problem_lines(problems: Iterable[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    """One line per distinct problem, from (field, problem record) pairs, in order."""
+    lines = (describe_problem(name, record, DEFAULT_LANGUAGE) for name, record in problems)
+    return list(dict.fromkeys(lines))
 
 
 def _why(extraction: Extraction) -> str:
     people = extraction.people
-    if not any(person.name or person.email for person in people):
+    if not any(person.name or person.email or person.problems for person in people):
         return "no person found (nenhuma pessoa encontrada)"
     lacking = len(extraction.incomplete_people)
     return f"{lacking} of {len(people)} people lack: {', '.join(extraction.missing)}"
@@ -81,6 +92,7 @@ def _report(
     requests: list[dict[str, Any]],
     missing: list[str],
     reason: str,
+    problems: list[str] | None = None,
 ) -> dict[str, Any]:
     log.info(
         "%s: %s, %d complete, missing %s", message.message_id, outcome, len(requests), missing
@@ -89,6 +101,7 @@ def _report(
         "outcome": outcome,
         "requests": requests,
         "missing": missing,
+        "problems": problems or [],
         "reason": reason,
         "message": {
             "message_id": message.message_id,
@@ -119,6 +132,10 @@ def format_report(report: dict[str, Any]) -> str:
     if missing:
         labels = ", ".join(FIELD_LABELS.get(name, name) for name in missing)
         lines.append(f"Faltando (missing): {labels}")
+    problems = report.get("problems") or []
+    if problems:
+        lines.append("Problemas (problems):")
+        lines.extend(f"  {problem}" for problem in problems)
     if report.get("reason"):
         lines.append(f"Motivo (reason): {report['reason']}")
     return "\n".join(lines)

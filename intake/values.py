@@ -4,11 +4,26 @@ This module owns the reading of a single value, wherever it was found: an
 address (`parse_email`), an access type with its synonyms, negations and
 checkbox marks (`parse_access_type`), a person's name, an area, and the
 "Fulano de Tal <fulano@x>" form that carries both a name and an address.
+
+The `read_*` functions read the whole value of one field and say why a value
+that was written cannot be used (a `Problem`): the requester is asked again
+rather than a guess made. What they refuse, by kind:
+
+- "invalid": an email value with no valid address in it, or a name with no
+  letters, an "@", or as many words as a sentence;
+- "unclear": an address with a loose word beside it, set apart only by
+  spaces ("email ruim@x", "ana@x com"): the word may be part of the address,
+  and the address left over may be someone else's mailbox;
+- "several": two different addresses or access types for one person;
+- "unrecognised": an access type that is none of Comum, Agente and Admin;
+- "too_long": a name or area longer than the request can hold.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import Any
 
 from intake.folding import folded_words
 from intake.vocabulary import (
@@ -23,25 +38,83 @@ from intake.vocabulary import (
 )
 
 __all__ = [
+    "MAX_AREA_CHARS",
+    "MAX_NAME_CHARS",
     "PARENTHESES",
+    "PROBLEM_KINDS",
+    "Problem",
     "clean_area",
     "clean_name",
     "clean_value",
     "looks_like_name",
     "parse_access_type",
     "parse_email",
+    "read_access_type",
+    "read_area",
+    "read_email",
+    "read_name",
     "split_name_address",
 ]
 
 # A name of more words is a sentence, not a name.
 MAX_NAME_WORDS = 8
+# The longest name and area a request holds (the columns of the request row).
+# Longer is a problem to report, never a value to cut: the cut one is not
+# what the requester wrote.
+MAX_NAME_CHARS = 200
+MAX_AREA_CHARS = 300
+# A value quoted in a problem is kept to this many characters: it is
+# attacker-controlled text, stored and shown back.
+MAX_QUOTED_CHARS = 200
+# At most this many distinct values are kept in a "several" problem.
+MAX_FOUND = 5
+
+PROBLEM_KINDS = ("invalid", "unclear", "several", "unrecognised", "too_long")
 
 # An aside in parentheses or brackets, dropped from names and labels: "(TI)".
 PARENTHESES = re.compile(r"\([^()]*\)|\[[^\[\]]*\]")
 # What may stand around an address: spaces, brackets, quotes, punctuation.
 _ADDRESS_SEPARATORS = re.compile(r"[\s<>()\[\],;:\"'|]+")
 # Where an explanation after an access type starts: "Agente (com ...)", "Admin - total".
-_EXPLANATION_START = re.compile(r"[(\[,;:]| [-–—] ")
+# Not a comma or semicolon: those separate items of a list, so the second
+# type in "Comum, Admin" is a second type, not an explanation of the first.
+_EXPLANATION_START = re.compile(r"[(\[:]| [-–—] ")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a value that was written for a field cannot be used.
+
+    ``kind`` is one of PROBLEM_KINDS; ``value`` the value as written, on one
+    line and bounded; ``found`` the distinct addresses or access types read
+    in it; ``length`` and ``limit`` the sizes of a value too long.
+    """
+
+    kind: str
+    value: str = ""
+    found: tuple[str, ...] = ()
+    length: int = 0
+    limit: int = 0
+
+    def record(self) -> dict[str, Any]:
+        """The problem as plain data (JSON), without the parts that say nothing."""
+        record: dict[str, Any] = {"kind": self.kind}
+        if self.value:
+            record["value"] = self.value
+        if self.found:
+            record["found"] = list(self.found)
+        if self.limit:
+            record.update(length=self.length, limit=self.limit)
+        return record
+
+
+def _quoted(value: str) -> str:
+    """`value` on one line and bounded, keeping both ends (an address's domain is at its end)."""
+    value = " ".join(value.split())
+    if len(value) <= MAX_QUOTED_CHARS:
+        return value
+    head = MAX_QUOTED_CHARS * 2 // 3
+    return value[:head] + "…" + value[-(MAX_QUOTED_CHARS - head - 1) :]
 
 
 def parse_email(value: str) -> str | None:
@@ -52,6 +125,53 @@ def parse_email(value: str) -> str | None:
             candidate = token.strip(".").lower()
             return candidate if _is_address(candidate) else None
     return None
+
+
+# A run of text between the characters that may stand around an address.
+_ADDRESS_TOKEN = re.compile(r"[^\s<>()\[\],;:\"'|]+")
+
+
+def read_email(value: str) -> tuple[str | None, Problem | None]:
+    """The one address an email field's `value` states, or why it states none usable.
+
+    Usable: an address alone or set apart from other text by brackets, quotes
+    or punctuation: "ana@x", "<ana@x>", "Ana Lima <ana@x>", "mailto:ana@x",
+    "ana@x (corporativo)", "ana@x.", and a link whose text and target agree
+    ("ana@x<mailto:ana@x>"). Returns (None, None) for an empty value.
+    """
+    value = value.strip()
+    if not value:
+        return None, None
+    tokens = list(_ADDRESS_TOKEN.finditer(value))
+    positions = [index for index, token in enumerate(tokens) if "@" in token.group()]
+    if not positions:
+        return None, Problem("invalid", _quoted(value))
+    addresses = [tokens[index].group().strip(".").lower() for index in positions]
+    if not all(map(_is_address, addresses)):
+        return None, Problem("invalid", _quoted(value))
+    distinct = tuple(dict.fromkeys(addresses))
+    if len(distinct) > 1:
+        return None, Problem("several", _quoted(value), distinct[:MAX_FOUND])
+    if any(_loose_word_beside(value, tokens, index) for index in positions):
+        return None, Problem("unclear", _quoted(value), distinct)
+    return distinct[0], None
+
+
+def _loose_word_beside(value: str, tokens: list[re.Match[str]], index: int) -> bool:
+    """Whether a word stands next to the address at `index` with only spaces between.
+
+    A full stop that ends the address ("ana@x. Obrigada") sets it apart.
+    """
+    token = tokens[index]
+    neighbours = []
+    if index > 0 and not token.group().startswith("."):
+        neighbours.append((tokens[index - 1], value[tokens[index - 1].end() : token.start()]))
+    if index + 1 < len(tokens) and not token.group().endswith("."):
+        neighbours.append((tokens[index + 1], value[token.end() : tokens[index + 1].start()]))
+    return any(
+        not gap.strip() and "@" not in word.group() and any(map(str.isalnum, word.group()))
+        for word, gap in neighbours
+    )
 
 
 _LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.!#$%&'*+/=?^_`{|}~-")
@@ -123,22 +243,38 @@ def _access_in(text: str) -> list[AccessType]:
 
 
 def parse_access_type(value: str) -> AccessType | None:
-    """Map an access-type value onto comum, agente or admin.
+    """Map an access-type value onto comum, agente or admin; None when it names no one level.
+
+    See `read_access_type`, which also says why.
+    """
+    return read_access_type(value)[0]
+
+
+def read_access_type(value: str) -> tuple[AccessType | None, Problem | None]:
+    """The access type `value` names, or why it names no usable one.
 
     Trailing explanations ("Agente (com permissões...)", "Admin - total")
     are ignored when the value starts with a known word; checkbox marks
-    select the checked option; two different levels are ambiguous (None).
+    select the checked option, and a list with nothing checked states
+    nothing (None, None). Two different levels ("Comum, Admin", two checked
+    boxes) are a problem, never resolved to one of them.
     """
     options = _checked_options(value)
     if options is None:
         options = [value]
+    elif not options:
+        return None, None
     found: list[AccessType] = []
     for option in options:
         primary = _EXPLANATION_START.split(option, maxsplit=1)[0]
         for access in _access_in(primary) or _access_in(option):
             if access not in found:
                 found.append(access)
-    return found[0] if len(found) == 1 else None
+    if len(found) == 1:
+        return found[0], None
+    if found:
+        return None, Problem("several", _quoted(value), tuple(found))
+    return None, Problem("unrecognised", _quoted(value))
 
 
 def clean_value(value: str) -> str | None:
@@ -167,18 +303,35 @@ def split_name_address(value: str) -> tuple[str | None, str | None]:
 
 def clean_name(value: str) -> str | None:
     """A person's name from `value`, asides dropped; None when it is not a name."""
+    return read_name(value)[0]
+
+
+def read_name(value: str) -> tuple[str | None, Problem | None]:
+    """A person's name from `value`, asides dropped, or why it is not one."""
     name = clean_value(PARENTHESES.sub(" ", value))
-    if name is None or "@" in name:
-        return None
-    if not any(char.isalpha() for char in name) or len(name.split()) > MAX_NAME_WORDS * 2:
-        return None
-    return name
+    if name is None:
+        return None, None
+    if len(name) > MAX_NAME_CHARS:
+        return None, Problem("too_long", length=len(name), limit=MAX_NAME_CHARS)
+    if "@" in name or not any(char.isalpha() for char in name):
+        return None, Problem("invalid", _quoted(name))
+    if len(name.split()) > MAX_NAME_WORDS * 2:
+        return None, Problem("invalid", _quoted(name))
+    return name, None
 
 
 def clean_area(value: str) -> str | None:
     """An area from `value`, without a closing full stop; None when it is empty."""
     area = clean_value(value)
     return area.rstrip(".").strip() if area else None
+
+
+def read_area(value: str) -> tuple[str | None, Problem | None]:
+    """An area from `value` (see `clean_area`), or why it cannot be one."""
+    area = clean_area(value)
+    if area is not None and len(area) > MAX_AREA_CHARS:
+        return None, Problem("too_long", length=len(area), limit=MAX_AREA_CHARS)
+    return area, None
 
 
 def looks_like_name(text: str) -> bool:

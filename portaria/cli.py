@@ -246,12 +246,15 @@ def requests_list(
 @friendly
 def requests_show(request_id: int, config: ConfigOption = None) -> None:
     """Ver um pedido, a mensagem de origem e o histórico."""
+    from intake.models import InboundMessage
+    from portaria.letters import describe_problem
     from provisioning.audit import events_for
     from provisioning.queue import get_request
 
     service = service_for(config)
     with service.sessions() as session:
         r = get_request(session, request_id)
+        source = session.get(InboundMessage, r.source_message_id) if r.source_message_id else None
         fields = {
             "id": r.id,
             "status": r.status,
@@ -260,10 +263,16 @@ def requests_show(request_id: int, config: ConfigOption = None) -> None:
             "area": r.area,
             "access type": r.access_type,
             "missing": ", ".join(r.missing) or None,
+            "problems": "; ".join(
+                describe_problem(field, problem, "pt-BR") for field, problem in r.problems.items()
+            )
+            or None,
             "flags": ", ".join(r.flags) or None,
             "requester": f"{r.requester_name} <{r.requester_email}>".strip(),
             "message": r.source_message_ref,
             "subject": r.source_subject,
+            # Why the message was held or incomplete: what the flags stand for.
+            "intake": f"{source.outcome}: {source.reason}" if source and source.reason else None,
             "received": r.created_at.isoformat(timespec="seconds"),
             "decided by": r.decided_by,
             "decided at": r.decided_at.isoformat(timespec="seconds") if r.decided_at else None,
@@ -289,7 +298,11 @@ def requests_approve(
     ] = None,
     all_pending: Annotated[
         bool,
-        typer.Option("--all-pending", help="Todos os pedidos pendentes (every pending request)."),
+        typer.Option(
+            "--all-pending",
+            help="Todos os pendentes sem sinalização; os sinalizados, pelo número "
+            "(every pending request not flagged; flagged ones by id).",
+        ),
     ] = False,
     by: Annotated[
         str | None, typer.Option(help="Quem decide (who decides; default cli:<login>).")
@@ -297,8 +310,7 @@ def requests_approve(
     config: ConfigOption = None,
 ) -> None:
     """Aprovar pedidos: cria as contas e avisa o solicitante e cada novo usuário."""
-    from provisioning.approvals import approvable_ids, approve
-    from provisioning.queue import pending_ids
+    from provisioning.approvals import approve, check_decider, plan_approval
 
     if bool(request_ids) == all_pending:
         raise CommandError(
@@ -306,31 +318,24 @@ def requests_approve(
             "(give request ids or --all-pending, not both)"
         )
     service = service_for(config)
+    decider = actor(by)
     with service.transaction() as session:
-        ids = pending_ids(session) if all_pending else request_ids or []
-        if all_pending and (
-            held := sorted(set(pending_ids(session, include_held=True)) - set(ids))
-        ):
-            shown = ", ".join(f"#{i}" for i in held)
-            out.print(
-                f"não aprovados (skipped) {shown}: remetente fora da política (sender outside "
-                "policy); confira e aprove pelo número (approve them by id)"
-            )
-        if all_pending and (known := approvable_ids(session, ids)) != ids:
-            shown = ", ".join(f"#{i}" for i in ids if i not in known)
-            out.print(
-                f"não aprovados (skipped) {shown}: já têm conta (already have an account); "
-                "recuse com motivo (reject with a reason): "
-                '`portaria requests reject ID --reason "..."`'
-            )
-            ids = known
-        if not ids:
-            out.print("nenhum pedido pendente (no pending requests)")
-            return
-        approved = approve(session, service.settings, ids, actor=actor(by))
+        check_decider(session, decider)
+        plan = plan_approval(session, None if all_pending else request_ids)
+        approved = approve(session, service.settings, plan.ids, actor=decider) if plan.ids else []
         lines = [f"aprovado (approved) #{r.id}: {r.email} como {r.access_type}" for r in approved]
-    out.print("\n".join(lines))
-    out.print("e-mails na fila; envie com (send with) `portaria outbox send`")
+        lines += [
+            f"não aprovado (left out) #{o.request.id} {o.request.email}: {o.reason} — {o.advice}"
+            for o in plan.left_out
+        ]
+    if not lines:
+        out.print("nenhum pedido pendente (no pending requests)")
+        return
+    out.print("\n".join(lines), soft_wrap=True)
+    if approved:
+        out.print("e-mails na fila; envie com (send with) `portaria outbox send`")
+    else:
+        out.print("nenhum pedido aprovado (nothing approved)")
 
 
 @requests_app.command("reject")
@@ -516,19 +521,16 @@ def outbox_unbounce(
     config: ConfigOption = None,
 ) -> None:
     """Voltar a escrever para endereços que devolveram e-mail (depois de corrigidos)."""
-    from sqlalchemy import delete
-
-    from portaria.outbox_models import BouncedAddress
+    from portaria.outbox import unbounce
 
     service = service_for(config)
-    wanted = [email.strip().lower() for email in emails]
     with service.transaction() as session:
-        removed = session.execute(
-            delete(BouncedAddress).where(BouncedAddress.email.in_(wanted))
-        ).rowcount
+        cleared = unbounce(session, emails)
     out.print(
-        f"{removed} endereço(s) liberado(s) (cleared); reenvie com (retry with) "
-        "`portaria outbox retry`"
+        f"{len(cleared)} endereço(s) liberado(s) (cleared): {', '.join(cleared)}; "
+        "reenvie com (retry with) "
+        "`portaria outbox retry`",
+        soft_wrap=True,
     )
 
 
@@ -546,6 +548,9 @@ def outbox_retry(
     service = service_for(config)
     with service.transaction() as session:
         count = retry(session, ids or None)
+    if not count:
+        out.print("nenhum e-mail com falha (no failed email)")
+        return
     out.print(f"{count} e-mail(s) de volta à fila; envie com (send with) `portaria outbox send`")
 
 

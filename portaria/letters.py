@@ -22,7 +22,11 @@ turns a missing one into :class:`LetterContextError`):
     as above, and each person also has ``missing``: the field keys that are
     missing (``name``, ``email``, ``area``, ``access_type``). Fields that were
     not found may be ``None``. ``people`` may be empty when nobody could be
-    read from the email at all.
+    read from the email at all. A person may also have ``problems``: for a
+    missing field that was written but cannot be used, its problem record
+    (``kind``, and ``value``, ``found``, ``length``, ``limit`` as the kind
+    needs; see ``intake.values.Problem``); the letter says what was wrong
+    with it instead of calling it missing.
 ``rejected``
     as ``received``, plus ``reason``: why support did not approve.
 ``welcome``
@@ -119,6 +123,42 @@ FLAG_LABELS: dict[str, dict[str, str]] = {
     },
 }
 
+# What was wrong with a value the requester wrote, by (field, problem kind).
+# {value} is the value as written, {found} the distinct values read in it.
+PROBLEM_LABELS: dict[str, dict[tuple[str, str], str]] = {
+    "pt-BR": {
+        ("email", "invalid"): "E-mail inválido: {value}",
+        ("email", "unclear"): "E-mail inválido: {value} (escreva só o endereço, sem outras "
+        "palavras)",
+        ("email", "several"): "Mais de um e-mail: {found}",
+        ("name", "invalid"): "Nome inválido: {value}",
+        ("name", "too_long"): "Nome longo demais: {length} caracteres, máximo {limit}",
+        ("area", "too_long"): "Área longa demais: {length} caracteres, máximo {limit}",
+        ("access_type", "unrecognised"): "Tipo de acesso não reconhecido: {value} (use Comum, "
+        "Agente ou Admin)",
+        ("access_type", "several"): "Mais de um tipo de acesso: {found}",
+    },
+    "en": {
+        ("email", "invalid"): "Invalid email: {value}",
+        ("email", "unclear"): "Invalid email: {value} (write the address alone, without "
+        "other words)",
+        ("email", "several"): "More than one email: {found}",
+        ("name", "invalid"): "Invalid name: {value}",
+        ("name", "too_long"): "Name too long: {length} characters, at most {limit}",
+        ("area", "too_long"): "Area too long: {length} characters, at most {limit}",
+        ("access_type", "unrecognised"): "Access type not recognised: {value} (use Comum, "
+        "Agente or Admin)",
+        ("access_type", "several"): "More than one access type: {found}",
+    },
+}
+# A problem of a kind the table does not know still names its field.
+UNUSABLE = {
+    "pt-BR": "{field}: valor que não pode ser usado: {value}",
+    "en": "{field}: a value that cannot be used: {value}",
+}
+# Values quoted back to the requester: strangers' text, so one line and this long at most.
+QUOTED_CHARS = 60
+
 NOT_GIVEN = {"pt-BR": "(não informado)", "en": "(not given)"}
 LOCAL_TIME_NAME = {"pt-BR": "horário de Brasília", "en": "Brasília time"}
 
@@ -165,6 +205,41 @@ def single_line(value: object) -> str:
         for ch in str(value)
     ]
     return " ".join("".join(chars).split())
+
+
+def shortened(value: object, limit: int = QUOTED_CHARS) -> str:
+    """The value on one line, at most ``limit`` characters: its start, "…" and its end.
+
+    The end is kept because that is where an address's domain is.
+    """
+    text = single_line(value)
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    return text[:head] + "…" + text[len(text) - (limit - head - 1) :]
+
+
+def describe_problem(field: str, problem: Mapping[str, Any], language: str) -> str:
+    """One line saying what was wrong with the value written for ``field``.
+
+    ``problem`` is a record as ``intake.values.Problem.record`` gives it.
+    """
+    labels = PROBLEM_LABELS.get(language, PROBLEM_LABELS[DEFAULT_LANGUAGE])
+    access_labels = ACCESS_LABELS.get(language, ACCESS_LABELS[DEFAULT_LANGUAGE])
+    field_labels = FIELD_LABELS.get(language, FIELD_LABELS[DEFAULT_LANGUAGE])
+    found = [single_line(item) for item in problem.get("found") or ()]
+    if field == "access_type":
+        found = [access_labels[item][0] if item in access_labels else item for item in found]
+    template = labels.get((field, str(problem.get("kind"))))
+    if template is None:
+        template = UNUSABLE.get(language, UNUSABLE[DEFAULT_LANGUAGE])
+    return template.format(
+        field=field_labels.get(field, single_line(field)),
+        value=shortened(problem.get("value", "")),
+        found=shortened(", ".join(found)),
+        length=int(problem.get("length") or 0),
+        limit=int(problem.get("limit") or 0),
+    )
 
 
 def template_folder() -> Path:
@@ -289,6 +364,9 @@ def _filters(language: str) -> dict[str, Callable[..., str]]:
         key = single_line(value)
         return flag_labels.get(key, key)
 
+    def problem(value: Mapping[str, Any], field_key: str) -> str:
+        return describe_problem(field_key, value, language)
+
     def local_time(value: object) -> str:
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise LetterContextError(f"expected an aware datetime, got {value!r}")
@@ -309,6 +387,7 @@ def _filters(language: str) -> dict[str, Callable[..., str]]:
         "access_name": access_name,
         "field": field,
         "flag": flag,
+        "problem": problem,
         "local_time": local_time,
         "reply": reply,
     }

@@ -5,8 +5,8 @@ letter, its recipients and its headers into an ``outbox`` row inside the
 caller's transaction, and :func:`enqueue_letter` queues a letter written
 elsewhere (a rule's email) with the same headers; :func:`send_due` later
 delivers the due rows through a transport (SMTP, or a local Maildir when no
-server is configured) and records the outcome; :func:`retry` and
-:func:`list_outbox` serve the people who look after it.
+server is configured) and records the outcome; :func:`retry`,
+:func:`unbounce` and :func:`list_outbox` serve the people who look after it.
 
 Delivery is exactly once from the reader's point of view. The Message-ID
 is fixed when the row is created and never changes, so every retry is the
@@ -59,7 +59,7 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import OutboundSettings, Settings
@@ -336,11 +336,17 @@ def _unique(items: Sequence[str]) -> list[str]:
 # Looking after the outbox
 
 
+# Why a message named to :func:`retry` cannot go back: only failed ones can.
+_NOT_RETRYABLE_PT = {"pending": "ainda está na fila", "sent": "já foi enviado"}
+
+
 def retry(session: Session, ids: Sequence[int] | None = None) -> int:
     """Put failed messages (all, or those in ``ids``) back in the queue, due now.
 
     Attempts start again from zero; the last error stays until the next
-    attempt replaces it. Returns how many were requeued. Does not commit.
+    attempt replaces it. Returns how many were requeued. Every id named must
+    be a failed message, else nothing changes and the error names each one
+    that is not: a mistyped id must not pass for a retry. Does not commit.
     """
     statement = (
         update(OutboxMessage)
@@ -349,10 +355,61 @@ def retry(session: Session, ids: Sequence[int] | None = None) -> int:
         .execution_options(synchronize_session=False)
     )
     if ids is not None:
-        statement = statement.where(OutboxMessage.id.in_(list(ids)))
+        wanted = list(dict.fromkeys(ids))
+        found = {
+            row.id: row.status
+            for row in session.execute(
+                select(OutboxMessage.id, OutboxMessage.status).where(OutboxMessage.id.in_(wanted))
+            )
+        }
+        refused = [
+            f"#{i} {_NOT_RETRYABLE_PT.get(found[i], found[i])} ({found[i]})"
+            if i in found
+            else f"#{i} não existe (no such email)"
+            for i in wanted
+            if found.get(i) != "failed"
+        ]
+        if refused:
+            raise OutboxError(
+                "só e-mails com falha voltam à fila (only failed emails can be retried): "
+                f"{', '.join(refused)}; veja (see) `portaria outbox list`; "
+                "nada foi alterado (nothing was changed)"
+            )
+        statement = statement.where(OutboxMessage.id.in_(wanted))
     count = session.execute(statement).rowcount
     log.info("outbox: %d failed message(s) requeued", count)
     return count
+
+
+def unbounce(session: Session, emails: Sequence[str]) -> list[str]:
+    """Write to these bounced addresses again; returns them as they were recorded.
+
+    Every address must be on the bounced list, else nothing changes and the
+    error names each one that is not (or is no address at all): a typo must
+    not pass for success while the real address stays blocked. Does not commit.
+    """
+    wanted = list(dict.fromkeys(email.strip().lower() for email in emails))
+    known = set(
+        session.scalars(select(BouncedAddress.email).where(BouncedAddress.email.in_(wanted)))
+    )
+    refused = []
+    for email in wanted:
+        if email in known:
+            continue
+        try:
+            check_recipient(email)
+        except InvalidRecipient:
+            refused.append(f"{email!r} não é um endereço de e-mail (not an email address)")
+        else:
+            refused.append(f"{email} não está entre os devolvidos (is not a bounced address)")
+    if refused:
+        raise OutboxError(
+            f"{'; '.join(refused)}; veja (see) `portaria outbox bounced`; "
+            "nada foi alterado (nothing was changed)"
+        )
+    session.execute(delete(BouncedAddress).where(BouncedAddress.email.in_(wanted)))
+    log.info("outbox: %s cleared from the bounced addresses", ", ".join(wanted))
+    return wanted
 
 
 def list_outbox(session: Session, status: str | None = None) -> list[OutboxMessage]:

@@ -3,6 +3,13 @@
 A decision is all or nothing: every id is checked first, and one that cannot
 be decided stops the whole call with nothing changed. Each decision is an
 audit event and queues the emails that tell the people concerned.
+
+Before approving, :func:`plan_approval` sorts out what one call may approve.
+In bulk it leaves out every request that needs a look (any flag), whose
+person already has an account, or whose person an earlier request of the
+same call gets. Named ids are a person's explicit decision, flags included;
+only an id naming the same person as an earlier one is left out. Each
+request left out comes with why and what to do about it.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
@@ -18,10 +26,21 @@ from portaria import outbox
 from portaria.db import utcnow
 from portaria.outbox import check_recipient
 from provisioning import audit
-from provisioning.directory import create_user, find_user, issue_set_password_token
+from provisioning.directory import (
+    create_user,
+    find_user,
+    issue_set_password_token,
+    normalise_email,
+)
 from provisioning.errors import ProvisioningError, RequestNotPending
 from provisioning.models import STATUS_PT, AccessRequest, User
-from provisioning.queue import get_request, letter_person
+from provisioning.queue import (
+    flag_reasons,
+    get_request,
+    letter_person,
+    list_requests,
+    needs_a_look,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +61,15 @@ def approve(
             f"já tem conta (already has an account): {listed}; nada foi aprovado (nothing "
             "was approved); recuse esses com um motivo (reject those with a reason): "
             '`portaria requests reject ID --reason "..."`'
+        )
+    twins = _same_person_as_earlier(requests)
+    if twins:
+        listed = ", ".join(
+            f"#{twins[r.id].id} e #{r.id} ({r.email})" for r in requests if r.id in twins
+        )
+        raise ProvisioningError(
+            f"mesma pessoa em mais de um pedido (same person in more than one request): {listed}; "
+            "nada foi aprovado (nothing was approved); aprove um só (approve only one)"
         )
 
     now = utcnow()
@@ -90,11 +118,103 @@ def check_decider(session: Session, actor: str) -> None:
         )
 
 
-def approvable_ids(session: Session, request_ids: Sequence[int]) -> list[int]:
-    """Those of ``request_ids`` whose person has no account yet, in the same order."""
-    return [
-        i for i in request_ids if find_user(session, get_request(session, i).email or "") is None
-    ]
+@dataclass(frozen=True)
+class LeftOut:
+    """A request one approval leaves for a person: why, and what to do about it."""
+
+    request: AccessRequest
+    reason: str
+    advice: str
+
+
+@dataclass(frozen=True)
+class ApprovalPlan:
+    """What one approval call does: ``ids`` to approve, in order, and the rest left out."""
+
+    ids: list[int]
+    left_out: list[LeftOut]
+
+
+def plan_approval(session: Session, request_ids: Sequence[int] | None) -> ApprovalPlan:
+    """Sort the requests of one approval into those to approve and those left out.
+
+    ``None`` means every pending request (``--all-pending``). Named ids that
+    cannot be decided at all stop the call here, as in :func:`approve`; one
+    whose person already has an account is left for :func:`approve` to refuse,
+    since naming it is a mistake to correct, not a request to skip.
+    """
+    bulk = request_ids is None
+    if request_ids is None:
+        candidates = list_requests(session, status="pending")
+    else:
+        candidates = _decidable(session, request_ids)
+
+    kept: dict[str, AccessRequest] = {}
+    left: list[AccessRequest] = []
+    for request in candidates:
+        person = _person(request)
+        if person in kept or (
+            bulk and (needs_a_look(request) or find_user(session, person) is not None)
+        ):
+            left.append(request)
+        else:
+            kept[person] = request
+
+    left_out = []
+    for request in left:
+        person = _person(request)
+        if person in kept:
+            first = kept[person].id
+            reason = (
+                f"mesma pessoa do pedido #{first}, aprovado agora "
+                f"(same person as request #{first}, approved now)"
+            )
+            left_out.append(LeftOut(request, reason, _reject_advice(request.id)))
+        elif find_user(session, person) is not None:
+            reason = "já tem conta (already has an account)"
+            left_out.append(LeftOut(request, reason, _reject_advice(request.id)))
+        else:
+            reasons = flag_reasons(request)
+            others = [f"#{r.id}" for r in left if r is not request and _person(r) == person]
+            if others:
+                reasons.append(
+                    f"mesma pessoa no(s) pedido(s) {', '.join(others)} "
+                    f"(same person in request(s) {', '.join(others)})"
+                )
+            left_out.append(LeftOut(request, "; ".join(reasons), _look_advice(request.id)))
+    return ApprovalPlan(ids=[r.id for r in kept.values()], left_out=left_out)
+
+
+def _person(request: AccessRequest) -> str:
+    # A pending request always names an address; the id keeps a malformed one apart.
+    return normalise_email(request.email) if request.email else f"#{request.id}"
+
+
+def _same_person_as_earlier(requests: Sequence[AccessRequest]) -> dict[int, AccessRequest]:
+    """Each later request of ``requests`` that names an earlier one's person, by its id."""
+    first: dict[str, AccessRequest] = {}
+    later: dict[int, AccessRequest] = {}
+    for request in requests:
+        earlier = first.setdefault(_person(request), request)
+        if earlier is not request:
+            later[request.id] = earlier
+    return later
+
+
+def _reject_advice(request_id: int) -> str:
+    return f"recuse com motivo (reject with a reason): {_reject_command(request_id)}"
+
+
+def _look_advice(request_id: int) -> str:
+    return (
+        f"confira (check) `portaria requests show {request_id}` e aprove pelo número "
+        f"(then approve by id) `portaria requests approve {request_id}`, ou recuse com "
+        f"motivo (or reject with a reason): {_reject_command(request_id)}"
+    )
+
+
+def _reject_command(request_id: int) -> str:
+    return f'`portaria requests reject {request_id} --reason "..."`'
 
 
 def welcome(session: Session, settings: Settings, user: User, *, cause: str) -> None:

@@ -74,6 +74,9 @@ class AccessRequest(Base):
     access_type: Mapped[str | None] = mapped_column(String(10))
     status: Mapped[str] = mapped_column(String(12), default="pending")
     missing: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # Why a field in ``missing`` that was written cannot be used, by field: a
+    # record such as {"kind": "invalid", "value": "ana@@x"} (`intake.values.Problem`).
+    problems: Mapped[dict[str, dict[str, Any]]] = mapped_column(JSON, default=dict)
     # Why a person should look twice: existing_user, pending_duplicate, admin_access.
     flags: Mapped[list[str]] = mapped_column(JSON, default=list)
     reason: Mapped[str | None] = mapped_column(Text)  # rejection reason

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -23,16 +24,29 @@ FLAG_ADMIN_ACCESS = "admin_access"
 # Set by the intake on requests from a message outside the sender policy.
 FLAG_SENDER_OUTSIDE_POLICY = "sender_outside_policy"
 
+# What each flag tells the person deciding, in the lines that say why a request waits.
+FLAG_REASONS = {
+    FLAG_EXISTING_USER: "já tinha conta quando foi pedido (had an account when requested)",
+    FLAG_PENDING_DUPLICATE: "pedido repetido (repeated request)",
+    FLAG_ADMIN_ACCESS: "acesso Admin, sempre conferido (Admin access, always checked)",
+    FLAG_SENDER_OUTSIDE_POLICY: "remetente fora da política (sender outside policy)",
+}
+
 
 @dataclass(frozen=True)
 class RequestedPerson:
-    """One person as the intake understood them; ``missing`` names absent fields."""
+    """One person as the intake understood them.
+
+    ``missing`` names the fields that are absent or unusable; ``problems``
+    says, for each unusable one, why (a plain record: see the request's column).
+    """
 
     name: str | None
     email: str | None
     area: str | None
     access_type: str | None
     missing: Sequence[str] = field(default_factory=tuple)
+    problems: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -82,6 +96,7 @@ def queue_requests(
             access_type=person.access_type,
             status=status,
             missing=list(person.missing),
+            problems={key: dict(problem) for key, problem in person.problems.items()},
             flags=[
                 *(_flags_for(session, email, person.access_type) if status == "pending" else []),
                 *flags,
@@ -188,7 +203,21 @@ def list_requests(session: Session, *, status: str | None = None) -> list[Access
     return list(session.scalars(query))
 
 
-def pending_ids(session: Session, *, include_held: bool = False) -> list[int]:
-    """Pending request ids, oldest first; held ones (sender outside policy) only if asked."""
+def needs_a_look(request: AccessRequest) -> bool:
+    """Whether a person must look at ``request`` before approving it: any flag says so.
+
+    This is the one rule for it: a request that needs a look is approved only
+    by its id, never in bulk (``requests approve --all-pending``).
+    """
+    return bool(request.flags)
+
+
+def flag_reasons(request: AccessRequest) -> list[str]:
+    """Why ``request`` needs a look, one phrase per flag, as the person deciding reads it."""
+    return [FLAG_REASONS.get(flag, flag) for flag in request.flags]
+
+
+def pending_ids(session: Session, *, include_flagged: bool = False) -> list[int]:
+    """Pending request ids, oldest first; those that need a look only if asked."""
     requests = list_requests(session, status="pending")
-    return [r.id for r in requests if include_held or FLAG_SENDER_OUTSIDE_POLICY not in r.flags]
+    return [r.id for r in requests if include_flagged or not needs_a_look(r)]

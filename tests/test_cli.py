@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from config.settings import load_settings
@@ -111,6 +112,25 @@ def test_full_flow_through_the_cli(workdir: Path) -> None:
 
     code, output = run("requests", "show", "99")
     assert code == 1 and "pedido #99 não existe" in output
+
+
+def test_show_says_what_was_wrong_with_an_incomplete_request(workdir: Path) -> None:
+    run("init")
+    inbox = mailbox.Maildir(workdir / "var" / "mail" / "inbox")
+    inbox.add(request_message(person_block("Ana Lima", "email ruim@cliente.test", "RH", "Comum")))
+    run("poll", "--once", "--no-send")
+
+    code, output = run("requests", "show", "1")
+
+    assert code == 0, output
+    lines = output.splitlines()
+    assert "      status: incomplete" in lines
+    assert "     missing: email" in lines
+    assert (
+        "    problems: E-mail inválido: email ruim@cliente.test (escreva só o endereço, sem "
+        "outras palavras)"
+    ) in lines
+    assert "      intake: incomplete: missing: email" in lines
 
 
 def test_parse_json_one_file(workdir: Path) -> None:
@@ -255,18 +275,275 @@ def test_parse_decides_as_the_poller_does(workdir: Path) -> None:
 
 def test_approving_all_pending_skips_people_who_already_have_an_account(workdir: Path) -> None:
     run("init")
-    inbox = mailbox.Maildir(workdir / "var" / "mail" / "inbox")
     block = person_block("Ana Lima", "ana@cliente.test", "RH", "Comum")
-    inbox.add(request_message(block))
-    inbox.add(request_message(block, sender="Rui Paiva <rui@cliente.test>"))
-    inbox.add(request_message(person_block("Caio Reis", "caio@cliente.test", "TI", "Comum")))
-    run("poll", "--once")
+    deliver_each(
+        workdir,
+        request_message(block),
+        request_message(block, sender="Rui Paiva <rui@cliente.test>"),
+        request_message(person_block("Caio Reis", "caio@cliente.test", "TI", "Comum")),
+    )
     run("requests", "approve", "1")
 
     code, output = run("requests", "approve", "--all-pending")
 
     assert code == 0, output
-    assert "não aprovados (skipped) #2: já têm conta" in output
-    assert "aprovado (approved) #3: caio@cliente.test" in output
+    assert output.splitlines() == [
+        "aprovado (approved) #3: caio@cliente.test como comum",
+        "não aprovado (left out) #2 ana@cliente.test: já tem conta (already has an account) — "
+        + reject_advice(2),
+        "e-mails na fila; envie com (send with) `portaria outbox send`",
+    ]
     code, output = run("requests", "approve", "2")
     assert code == 1 and "nada foi aprovado" in output
+
+
+def reject_advice(request_id: int) -> str:
+    return (
+        "recuse com motivo (reject with a reason): "
+        f'`portaria requests reject {request_id} --reason "..."`'
+    )
+
+
+def look_advice(request_id: int) -> str:
+    return (
+        f"confira (check) `portaria requests show {request_id}` e aprove pelo número "
+        f"(then approve by id) `portaria requests approve {request_id}`, ou recuse com motivo "
+        f'(or reject with a reason): `portaria requests reject {request_id} --reason "..."`'
+    )
+
+
+def deliver_each(workdir: Path, *messages: bytes) -> None:
+    """Deliver and poll one message at a time, so request ids follow the arguments.
+
+    Maildir names made in the same second do not always sort in the order
+    they were made, so one poll over several files may number them otherwise.
+    """
+    inbox = mailbox.Maildir(workdir / "var" / "mail" / "inbox")
+    for message in messages:
+        inbox.add(message)
+        code, output = run("poll", "--once")
+        assert code == 0, output
+
+
+def statuses(workdir: Path) -> dict[int, str]:
+    from provisioning.queue import list_requests
+
+    with open_service(load_settings(None)).sessions() as session:
+        return {r.id: r.status for r in list_requests(session)}
+
+
+ADMIN_WHO = person_block("Quer Admin", "quer.admin@cliente.test", "TI", "Admin")
+ADMIN_AGAIN = "Admin, sempre conferido (Admin access, always checked)"
+
+
+class TestApprovingAllPending:
+    def test_same_new_admin_asked_twice_leaves_both_out_and_says_why(self, workdir: Path) -> None:
+        run("init")
+        deliver_each(
+            workdir,
+            request_message(ADMIN_WHO),
+            request_message(ADMIN_WHO, sender="Rui Paiva <rui@cliente.test>"),
+        )
+
+        code, output = run("requests", "approve", "--all-pending")
+
+        assert code == 0, output
+        assert output.splitlines() == [
+            "não aprovado (left out) #1 quer.admin@cliente.test: acesso "
+            + ADMIN_AGAIN
+            + "; mesma pessoa no(s) pedido(s) #2 (same person in request(s) #2) — "
+            + look_advice(1),
+            "não aprovado (left out) #2 quer.admin@cliente.test: pedido repetido (repeated "
+            "request); acesso "
+            + ADMIN_AGAIN
+            + "; mesma pessoa no(s) pedido(s) #1 (same person in request(s) #1) — "
+            + look_advice(2),
+            "nenhum pedido aprovado (nothing approved)",
+        ]
+        assert statuses(workdir) == {1: "pending", 2: "pending"}
+
+        code, output = run("requests", "approve", "1")
+        assert code == 0, output
+        assert (
+            output.splitlines()[0] == "aprovado (approved) #1: quer.admin@cliente.test como admin"
+        )
+        code, output = run("requests", "approve", "2")
+        assert code == 1 and "já tem conta (already has an account): #2" in output
+        assert statuses(workdir) == {1: "approved", 2: "pending"}
+
+    def test_only_requests_that_need_no_look_are_approved(
+        self, workdir: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        run("init")
+        run("users", "add", "Bia Souza", "bia@cliente.test", "--role", "comum")
+        ana = person_block("Ana Lima", "ana@cliente.test", "RH", "Comum")
+        deliver_each(
+            workdir,
+            request_message(ana),
+            request_message(ana, sender="Rui Paiva <rui@cliente.test>"),
+            request_message(person_block("Bia Souza", "bia@cliente.test", "RH", "Comum")),
+            request_message(ADMIN_WHO),
+        )
+        monkeypatch.setenv("PORTARIA_INTAKE__ALLOWED_REQUESTERS", '["empresa.test"]')
+        deliver_each(
+            workdir,
+            request_message(person_block("Dora Reis", "dora@cliente.test", "TI", "Comum")),
+        )
+        monkeypatch.delenv("PORTARIA_INTAKE__ALLOWED_REQUESTERS")
+        deliver_each(
+            workdir,
+            request_message(person_block("Caio Reis", "caio@cliente.test", "TI", "Comum")),
+        )
+
+        code, output = run("requests", "approve", "--all-pending")
+
+        assert code == 0, output
+        assert output.splitlines() == [
+            "aprovado (approved) #1: ana@cliente.test como comum",
+            "aprovado (approved) #6: caio@cliente.test como comum",
+            "não aprovado (left out) #2 ana@cliente.test: mesma pessoa do pedido #1, aprovado "
+            "agora (same person as request #1, approved now) — " + reject_advice(2),
+            "não aprovado (left out) #3 bia@cliente.test: já tem conta (already has an "
+            "account) — " + reject_advice(3),
+            "não aprovado (left out) #4 quer.admin@cliente.test: acesso "
+            + ADMIN_AGAIN
+            + " — "
+            + look_advice(4),
+            "não aprovado (left out) #5 dora@cliente.test: remetente fora da política (sender "
+            "outside policy) — " + look_advice(5),
+            "e-mails na fila; envie com (send with) `portaria outbox send`",
+        ]
+        assert statuses(workdir) == {
+            1: "approved",
+            2: "pending",
+            3: "pending",
+            4: "pending",
+            5: "pending",
+            6: "approved",
+        }
+
+        code, output = run("requests", "approve", "--all-pending")
+        assert code == 0, output
+        assert output.splitlines()[-1] == "nenhum pedido aprovado (nothing approved)"
+        code, output = run("requests", "approve", "4", "5")
+        assert code == 0, output
+        assert output.splitlines()[:2] == [
+            "aprovado (approved) #4: quer.admin@cliente.test como admin",
+            "aprovado (approved) #5: dora@cliente.test como comum",
+        ]
+
+    def test_nothing_pending(self, workdir: Path) -> None:
+        run("init")
+
+        assert run("requests", "approve", "--all-pending") == (
+            0,
+            "nenhum pedido pendente (no pending requests)\n",
+        )
+
+
+def test_ids_naming_the_same_person_approve_the_first_and_leave_out_the_rest(
+    workdir: Path,
+) -> None:
+    run("init")
+    ana = person_block("Ana Lima", "ana@cliente.test", "RH", "Comum")
+    deliver_each(
+        workdir,
+        request_message(ana),
+        request_message(ana, sender="Rui Paiva <rui@cliente.test>"),
+        request_message(person_block("Caio Reis", "caio@cliente.test", "TI", "Comum")),
+    )
+
+    code, output = run("requests", "approve", "2", "3", "1")
+
+    assert code == 0, output
+    assert output.splitlines() == [
+        "aprovado (approved) #2: ana@cliente.test como comum",
+        "aprovado (approved) #3: caio@cliente.test como comum",
+        "não aprovado (left out) #1 ana@cliente.test: mesma pessoa do pedido #2, aprovado agora "
+        "(same person as request #2, approved now) — " + reject_advice(1),
+        "e-mails na fila; envie com (send with) `portaria outbox send`",
+    ]
+    assert statuses(workdir) == {1: "pending", 2: "approved", 3: "approved"}
+
+
+class TestOutboxArgumentsThatNameNothing:
+    def failed_and_sent(self) -> tuple[int, int]:
+        """A welcome that failed and one that was sent; their outbox ids."""
+        from portaria.outbox_models import OutboxMessage
+
+        run("users", "add", "Ana Lima", "ana@cliente.test", "--role", "comum")
+        run("users", "add", "Rui Paiva", "rui@cliente.test", "--role", "comum")
+        service = open_service(load_settings(None))
+        with service.transaction() as session:
+            failed, sent = session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))
+            failed.status, sent.status = "failed", "sent"
+            return failed.id, sent.id
+
+    def outbox_statuses(self) -> list[str]:
+        from portaria.outbox_models import OutboxMessage
+
+        with open_service(load_settings(None)).sessions() as session:
+            return list(session.scalars(select(OutboxMessage.status).order_by(OutboxMessage.id)))
+
+    def test_retry_of_a_message_that_does_not_exist(self, workdir: Path) -> None:
+        run("init")
+
+        code, output = run("outbox", "retry", "9999")
+
+        assert (code, output) == (
+            1,
+            "erro (error): só e-mails com falha voltam à fila (only failed emails can be "
+            "retried): #9999 não existe (no such email); veja (see) `portaria outbox list`; "
+            "nada foi alterado (nothing was changed)\n",
+        )
+
+    def test_retry_of_messages_that_did_not_fail_changes_nothing(self, workdir: Path) -> None:
+        run("init")
+        failed, sent = self.failed_and_sent()
+
+        code, output = run("outbox", "retry", str(failed), str(sent), "9999")
+
+        assert (code, output) == (
+            1,
+            "erro (error): só e-mails com falha voltam à fila (only failed emails can be "
+            f"retried): #{sent} já foi enviado (sent), #9999 não existe (no such email); veja "
+            "(see) `portaria outbox list`; nada foi alterado (nothing was changed)\n",
+        )
+        assert self.outbox_statuses() == ["failed", "sent"]
+
+        assert run("outbox", "retry", str(failed)) == (
+            0,
+            "1 e-mail(s) de volta à fila; envie com (send with) `portaria outbox send`\n",
+        )
+        assert self.outbox_statuses() == ["pending", "sent"]
+        assert run("outbox", "retry") == (0, "nenhum e-mail com falha (no failed email)\n")
+
+    def test_unbounce_of_what_is_not_a_bounced_address(self, workdir: Path) -> None:
+        from portaria.outbox_models import BouncedAddress
+
+        run("init")
+        service = open_service(load_settings(None))
+        with service.transaction() as session:
+            session.add(BouncedAddress(email="ana@cliente.test", last_reason="550 no such user"))
+
+        code, output = run("outbox", "unbounce", "not-an-email")
+        assert (code, output) == (
+            1,
+            "erro (error): 'not-an-email' não é um endereço de e-mail (not an email address); "
+            "veja (see) `portaria outbox bounced`; nada foi alterado (nothing was changed)\n",
+        )
+
+        code, output = run("outbox", "unbounce", "ana@cliente.test", "Rui@Cliente.test")
+        assert (code, output) == (
+            1,
+            "erro (error): rui@cliente.test não está entre os devolvidos (is not a bounced "
+            "address); veja (see) `portaria outbox bounced`; nada foi alterado (nothing was "
+            "changed)\n",
+        )
+        assert "ana@cliente.test" in run("outbox", "bounced")[1]
+
+        assert run("outbox", "unbounce", " ANA@cliente.test ") == (
+            0,
+            "1 endereço(s) liberado(s) (cleared): ana@cliente.test; reenvie com (retry with) "
+            "`portaria outbox retry`\n",
+        )

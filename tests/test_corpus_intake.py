@@ -265,13 +265,22 @@ def _assert_each_message_in_its_folder(
     rows: list[InboundMessage], source: dict[int, Delivered], folders: dict[str, list[bytes]]
 ) -> None:
     by_id = {row.id: row for row in rows}
+    # A copy is known by its bytes or, delivered again another way, by its content.
     original = {(row.message_id, row.sha256): row for row in rows if row.outcome != "duplicate"}
+    original.update(
+        ((row.message_id, row.content_sha256), row)
+        for row in reversed(rows)
+        if row.outcome != "duplicate"
+    )
     expected: Counter[tuple[str, str]] = Counter()
     wrong: list[str] = []
     for row in rows:
         decided = row
         if row.outcome == "duplicate":
-            decided = original.get((row.message_id, row.sha256), row)
+            decided = original.get(
+                (row.message_id, row.sha256),
+                original.get((row.message_id, row.content_sha256), row),
+            )
         folder = FOLDER_OF_OUTCOME.get(decided.outcome, "?")
         named = {"processed": "Processed", "attention": "NeedsAttention", None: INBOX}
         if named.get(row.destination, "?") != folder:

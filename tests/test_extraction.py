@@ -602,6 +602,7 @@ class TestReport:
                 }
             ],
             "missing": [],
+            "problems": [],
             "reason": "",
             "message": {
                 "message_id": "20251128132029.GA4411@smtp.example.com.br",

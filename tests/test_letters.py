@@ -189,6 +189,138 @@ class TestIncomplete:
         assert "Não encontramos no e-mail os dados de nenhuma pessoa." in letter.text
 
 
+# People whose written values could not be used, as the request rows record them.
+UNUSABLE = [
+    {
+        "name": "Ana Lima",
+        "email": None,
+        "area": None,
+        "access_type": "comum",
+        "missing": ["email", "area"],
+        "problems": {
+            "email": {
+                "kind": "unclear",
+                "value": "email ruim@cliente.test",
+                "found": ["ruim@cliente.test"],
+            }
+        },
+    },
+    {
+        "name": None,
+        "email": "bia@cliente.test",
+        "area": "RH",
+        "access_type": None,
+        "missing": ["name", "access_type"],
+        "problems": {
+            "name": {"kind": "too_long", "length": 5000, "limit": 200},
+            "access_type": {
+                "kind": "several",
+                "value": "Comum, Admin",
+                "found": ["comum", "admin"],
+            },
+        },
+    },
+    {
+        "name": "Caio Reis",
+        "email": None,
+        "area": "TI",
+        "access_type": None,
+        "missing": ["email", "access_type"],
+        "problems": {
+            "email": {"kind": "invalid", "value": "email.ruim@@cliente"},
+            "access_type": {"kind": "unrecognised", "value": "Superusuário"},
+        },
+    },
+]
+
+
+class TestIncompleteSaysWhatWasWrong:
+    def test_pt_br_text(self) -> None:
+        letter = compose("incomplete", "pt-BR", {**REQUEST, "people": UNUSABLE})
+
+        assert (
+            "Pessoa 1: Ana Lima\n"
+            "  E-mail inválido: email ruim@cliente.test (escreva só o endereço, sem outras "
+            "palavras)\n"
+            "  Falta: Área\n"
+            "\n"
+            "Pessoa 2: bia@cliente.test\n"
+            "  Nome longo demais: 5000 caracteres, máximo 200\n"
+            "  Mais de um tipo de acesso: Comum, Admin\n"
+            "\n"
+            "Pessoa 3: Caio Reis\n"
+            "  E-mail inválido: email.ruim@@cliente\n"
+            "  Tipo de acesso não reconhecido: Superusuário (use Comum, Agente ou Admin)\n"
+        ) in letter.text
+        assert "Falta: E-mail" not in letter.text
+
+    def test_en_text(self) -> None:
+        letter = compose("incomplete", "en", {**REQUEST, "people": UNUSABLE})
+
+        assert (
+            "Person 1: Ana Lima\n"
+            "  Invalid email: email ruim@cliente.test (write the address alone, without "
+            "other words)\n"
+            "  Missing: Area\n"
+            "\n"
+            "Person 2: bia@cliente.test\n"
+            "  Name too long: 5000 characters, at most 200\n"
+            "  More than one access type: Comum, Admin\n"
+            "\n"
+            "Person 3: Caio Reis\n"
+            "  Invalid email: email.ruim@@cliente\n"
+            "  Access type not recognised: Superusuário (use Comum, Agente or Admin)\n"
+        ) in letter.text
+
+    @pytest.mark.parametrize(
+        ("language", "lines"),
+        [
+            (
+                "pt-BR",
+                "<strong>Pessoa 2: bia@cliente.test</strong><br>\n"
+                "Nome longo demais: 5000 caracteres, máximo 200<br>\n"
+                "Mais de um tipo de acesso: Comum, Admin</li>",
+            ),
+            (
+                "en",
+                "<strong>Person 1: Ana Lima</strong><br>\n"
+                "Invalid email: email ruim@cliente.test (write the address alone, without "
+                "other words)<br>\nMissing: Area</li>",
+            ),
+        ],
+    )
+    def test_html(self, language: str, lines: str) -> None:
+        letter = compose("incomplete", language, {**REQUEST, "people": UNUSABLE})
+
+        assert lines in letter.html
+
+    def test_quoted_value_is_escaped_one_line_and_bounded(self) -> None:
+        value = "<b>x</b>\r\nBcc: alvo@cliente.test " + "a" * 300 + "@cliente.test"
+        person = {
+            **UNUSABLE[2],
+            "problems": {"email": {"kind": "invalid", "value": value}},
+            "missing": ["email"],
+        }
+
+        letter = compose("incomplete", "pt-BR", {**REQUEST, "people": [person]})
+
+        shown = "<b>x</b> Bcc: alvo@cliente.test aaaaaaaa…aaaaaa@cliente.test"
+        assert f"  E-mail inválido: {shown}\n" in letter.text
+        assert "E-mail inválido: &lt;b&gt;x&lt;/b&gt; Bcc: alvo@cliente.test aaaaaaaa…" in (
+            letter.html
+        )
+        assert "<b>x</b>" not in letter.html
+
+    def test_problem_of_an_unknown_kind_still_names_its_field(self) -> None:
+        person = {**UNUSABLE[2], "problems": {"email": {"kind": "novo", "value": "x"}}}
+
+        letter = compose("incomplete", "pt-BR", {**REQUEST, "people": [person]})
+
+        assert "  E-mail: valor que não pode ser usado: x\n  Falta: Tipo de acesso\n" in (
+            letter.text
+        )
+
+
 class TestApprovedAndRejected:
     def test_approved_says_who_got_which_access(self) -> None:
         letter = compose("approved", "pt-BR", context_for("approved"))

@@ -22,7 +22,7 @@ from intake.receiving import content_digest
 from portaria.outbox import send_due
 from portaria.outbox_models import OutboxMessage
 from portaria.wiring import Service
-from provisioning.approvals import approve, reject
+from provisioning.approvals import approve, plan_approval, reject
 from provisioning.errors import ProvisioningError, RequestNotPending
 from provisioning.models import AccessRequest, AuditEvent, User
 from provisioning.queue import pending_ids
@@ -155,6 +155,77 @@ def test_incomplete_request_goes_to_attention_and_is_answered(
         approve(session, settings, [request.id], actor="admin")
 
 
+UNUSABLE_VALUES = (
+    person_block("Ana Lima", "email ruim@cliente.test", "RH", "Comum")
+    + "\n"
+    + person_block("Bia Reis", "bia@cliente.test", "TI", "Comum, Admin")
+    + "\n"
+    + person_block("C" * 5000, "caio@cliente.test", "Jurídico", "Superusuário")
+)
+
+
+def test_unusable_values_are_incomplete_with_what_was_wrong(
+    service: Service, settings: Settings
+) -> None:
+    deliver(settings, request_message(UNUSABLE_VALUES))
+
+    report = poll_once(service.sessions, settings)
+
+    assert dict(report.outcomes) == {"incomplete": 1}
+    requests = requests_of(service)
+    assert [(r.name, r.email, r.area, r.access_type, r.status) for r in requests] == [
+        ("Ana Lima", None, "RH", "comum", "incomplete"),
+        ("Bia Reis", "bia@cliente.test", "TI", None, "incomplete"),
+        (None, "caio@cliente.test", "Jurídico", None, "incomplete"),
+    ]
+    assert [(r.missing, r.problems) for r in requests] == [
+        (
+            ["email"],
+            {
+                "email": {
+                    "kind": "unclear",
+                    "value": "email ruim@cliente.test",
+                    "found": ["ruim@cliente.test"],
+                }
+            },
+        ),
+        (
+            ["access_type"],
+            {
+                "access_type": {
+                    "kind": "several",
+                    "value": "Comum, Admin",
+                    "found": ["comum", "admin"],
+                }
+            },
+        ),
+        (
+            ["name", "access_type"],
+            {
+                "name": {"kind": "too_long", "length": 5000, "limit": 200},
+                "access_type": {"kind": "unrecognised", "value": "Superusuário"},
+            },
+        ),
+    ]
+    with service.sessions() as session:
+        assert pending_ids(session, include_flagged=True) == []
+        [answer] = session.scalars(select(OutboxMessage)).all()
+    assert (answer.kind, answer.recipients) == ("incomplete", ["helena.costa@cliente.test"])
+
+    # The letter queued says what was wrong, not only what is missing.
+    assert (
+        "Pessoa 1: Ana Lima\n"
+        "  E-mail inválido: email ruim@cliente.test (escreva só o endereço, sem outras palavras)\n"
+        "\n"
+        "Pessoa 2: Bia Reis\n"
+        "  Mais de um tipo de acesso: Comum, Admin\n"
+        "\n"
+        "Pessoa 3: caio@cliente.test\n"
+        "  Nome longo demais: 5000 caracteres, máximo 200\n"
+        "  Tipo de acesso não reconhecido: Superusuário (use Comum, Agente ou Admin)\n"
+    ) in answer.body_text
+
+
 def test_crash_between_commit_and_move_loses_and_repeats_nothing(
     service: Service, settings: Settings
 ) -> None:
@@ -254,13 +325,15 @@ def test_same_message_id_and_body_from_another_sender_is_a_new_message(
     ]
 
 
-def test_content_digest_ignores_headers_and_line_ends_not_sender_or_body() -> None:
+def test_content_digest_ignores_trace_headers_and_line_ends_only() -> None:
     raw = b"From: a@x.test\nSubject: s\n\nNome: Ana\nE-mail: ana@x.test\n"
     crlf = b"Received: by mx\r\n" + raw.replace(b"\n", b"\r\n")
+    digest = content_digest(raw, "a@x.test", "s")
 
-    assert content_digest(crlf, "a@x.test") == content_digest(raw, "a@x.test")
-    assert content_digest(raw, "b@x.test") != content_digest(raw, "a@x.test")
-    assert content_digest(raw + b"x", "a@x.test") != content_digest(raw, "a@x.test")
+    assert content_digest(crlf, "a@x.test", "s") == digest
+    assert content_digest(raw, "b@x.test", "s") != digest
+    assert content_digest(raw, "a@x.test", "#ACESSO s") != digest
+    assert content_digest(raw + b"x", "a@x.test", "s") != digest
 
 
 def test_reused_message_id_on_new_content_is_a_new_message(
@@ -400,3 +473,72 @@ def test_held_requests_need_an_explicit_decision(service: Service, settings: Set
     with service.sessions() as session:
         assert pending_ids(session) == []
         assert pending_ids(session, include_flagged=True) == [held.id]
+
+
+def test_every_flagged_request_waits_to_be_approved_by_id(
+    service: Service, settings: Settings
+) -> None:
+    admin = person_block("Quer Admin", "quer.admin@cliente.test", "TI", "Admin")
+    for raw in (
+        request_message(admin),
+        request_message(admin, sender="Rui Paiva <rui@cliente.test>"),
+        request_message(person_block("Ana Lima", "ana@cliente.test", "RH", "Comum")),
+    ):
+        deliver(settings, raw)
+        poll_once(service.sessions, settings)
+    first, second, ana = requests_of(service)
+
+    with service.sessions() as session:
+        assert pending_ids(session) == [ana.id]
+        assert pending_ids(session, include_flagged=True) == [first.id, second.id, ana.id]
+        plan = plan_approval(session, None)
+
+    admin_reason = "acesso Admin, sempre conferido (Admin access, always checked)"
+    assert plan.ids == [ana.id]
+    assert [(o.request.id, o.reason) for o in plan.left_out] == [
+        (
+            first.id,
+            f"{admin_reason}; mesma pessoa no(s) pedido(s) #{second.id} "
+            f"(same person in request(s) #{second.id})",
+        ),
+        (
+            second.id,
+            f"pedido repetido (repeated request); {admin_reason}; mesma pessoa no(s) "
+            f"pedido(s) #{first.id} (same person in request(s) #{first.id})",
+        ),
+    ]
+    assert plan.left_out[0].advice == (
+        f"confira (check) `portaria requests show {first.id}` e aprove pelo número (then "
+        f"approve by id) `portaria requests approve {first.id}`, ou recuse com motivo (or "
+        f'reject with a reason): `portaria requests reject {first.id} --reason "..."`'
+    )
+
+
+def test_two_requests_for_one_person_in_one_approval(service: Service, settings: Settings) -> None:
+    ana = person_block("Ana Lima", "ana@cliente.test", "RH", "Comum")
+    for raw in (request_message(ana), request_message(ana, sender="Rui <rui@cliente.test>")):
+        deliver(settings, raw)
+        poll_once(service.sessions, settings)
+    first, second = requests_of(service)
+
+    with service.transaction() as session, pytest.raises(ProvisioningError) as refused:
+        approve(session, settings, [first.id, second.id], actor="admin")
+
+    assert str(refused.value) == (
+        "mesma pessoa em mais de um pedido (same person in more than one request): "
+        f"#{first.id} e #{second.id} (ana@cliente.test); nada foi aprovado (nothing was "
+        "approved); aprove um só (approve only one)"
+    )
+    assert count(service, User) == 0
+    with service.sessions() as session:
+        plan = plan_approval(session, [second.id, first.id, second.id])
+    assert plan.ids == [second.id]
+    assert [(o.request.id, o.reason, o.advice) for o in plan.left_out] == [
+        (
+            first.id,
+            f"mesma pessoa do pedido #{second.id}, aprovado agora "
+            f"(same person as request #{second.id}, approved now)",
+            "recuse com motivo (reject with a reason): "
+            f'`portaria requests reject {first.id} --reason "..."`',
+        )
+    ]

@@ -29,8 +29,9 @@ from portaria.outbox import (
     list_outbox,
     retry,
     send_due,
+    unbounce,
 )
-from portaria.outbox_models import OutboxMessage
+from portaria.outbox_models import BouncedAddress, OutboxMessage
 from tests.servers.smtp import SmtpTestServer
 
 FROM = "portaria@acesso.example.com"
@@ -719,7 +720,7 @@ class TestLookingAfterTheOutbox:
         self.fail(sessions, ids[1])
 
         with transaction(sessions) as session:
-            assert retry(session, [ids[0], ids[2]]) == 1
+            assert retry(session, [ids[0], ids[0]]) == 1
         assert [row(sessions, i).status for i in ids] == ["pending", "failed", "pending"]
         assert row(sessions, ids[0]).attempts == 0
 
@@ -728,6 +729,50 @@ class TestLookingAfterTheOutbox:
         assert [row(sessions, i).status for i in ids] == ["pending", "pending", "pending"]
 
         assert send_due(sessions, maildir_settings) == SendReport(sent=3)
+
+    def test_retry_of_ids_that_did_not_fail_changes_nothing(
+        self, sessions: sessionmaker[Session], maildir_settings: Settings
+    ) -> None:
+        failed, pending, sent = (queue(sessions, maildir_settings).id for _ in range(3))
+        self.fail(sessions, failed)
+        with transaction(sessions) as session:
+            session.get_one(OutboxMessage, sent).status = "sent"
+
+        with transaction(sessions) as session, pytest.raises(OutboxError) as refused:
+            retry(session, [failed, pending, sent, 9999])
+
+        assert str(refused.value) == (
+            "só e-mails com falha voltam à fila (only failed emails can be retried): "
+            f"#{pending} ainda está na fila (pending), #{sent} já foi enviado (sent), "
+            "#9999 não existe (no such email); veja (see) `portaria outbox list`; "
+            "nada foi alterado (nothing was changed)"
+        )
+        assert [row(sessions, i).status for i in (failed, pending, sent)] == [
+            "failed",
+            "pending",
+            "sent",
+        ]
+        assert row(sessions, failed).attempts == 8
+
+    def test_unbounce_clears_only_bounced_addresses(self, sessions: sessionmaker[Session]) -> None:
+        with transaction(sessions) as session:
+            session.add(BouncedAddress(email="ana@example.com", last_reason="550"))
+            session.add(BouncedAddress(email="rui@example.com", last_reason="550"))
+
+        with transaction(sessions) as session, pytest.raises(OutboxError) as refused:
+            unbounce(session, ["ana@example.com", "not-an-email", "bia@example.com"])
+
+        assert str(refused.value) == (
+            "'not-an-email' não é um endereço de e-mail (not an email address); "
+            "bia@example.com não está entre os devolvidos (is not a bounced address); "
+            "veja (see) `portaria outbox bounced`; nada foi alterado (nothing was changed)"
+        )
+        with transaction(sessions) as session:
+            assert unbounce(session, [" Ana@Example.com", "ana@example.com"]) == [
+                "ana@example.com"
+            ]
+        with sessions() as session:
+            assert list(session.scalars(select(BouncedAddress.email))) == ["rui@example.com"]
 
     def test_list_outbox(
         self, sessions: sessionmaker[Session], maildir_settings: Settings
