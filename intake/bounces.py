@@ -198,6 +198,9 @@ def record_bounces(session: Session, message: ReadMessage, own_domain: str) -> s
         return None
 
     about = ", ".join(row.message_id for row in rows)
+    report_about = (
+        f"relatório de entrega da nossa mensagem (delivery report about our message) {about}"
+    )
     sent_to = {address.lower() for row in rows for address in row.recipients}
     ours = [failed for failed in report.failed if failed.email in sent_to]
     strangers = sorted({failed.email for failed in report.failed} - sent_to)
@@ -210,13 +213,14 @@ def record_bounces(session: Session, message: ReadMessage, own_domain: str) -> s
         )
     if not ours:
         if report.delayed or not report.failed:
-            return f"delivery report about our message {about}: no failure, nothing recorded"
-        return f"delivery report about our message {about}: no recipient of it failed"
+            return f"{report_about}; sem falha, nada registrado (no failure, nothing recorded)"
+        return f"{report_about}; nenhum destinatário dela falhou (no recipient of it failed)"
 
     now = utcnow()
     for failed in ours:
         detail = " ".join(part for part in (failed.status, failed.diagnostic) if part)
-        reason = f"{detail or 'bounced'} (our message {about})"[:MAX_DIAGNOSTIC]
+        reason = f"{detail or 'devolvida (bounced)'}; nossa mensagem (our message) {about}"
+        reason = reason[:MAX_DIAGNOSTIC]
         known = session.get(BouncedAddress, failed.email)
         if known is None:
             session.add(
@@ -233,7 +237,7 @@ def record_bounces(session: Session, message: ReadMessage, own_domain: str) -> s
     listed = ", ".join(
         f"{failed.email} ({failed.status})" if failed.status else failed.email for failed in ours
     )
-    return f"delivery report about our message {about}: bounced {listed}"
+    return f"{report_about}; devolvida (bounced): {listed}"
 
 
 def bounced(session: Session, address: str) -> BouncedAddress | None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -71,6 +72,15 @@ class Verdict:
     reason: str
 
 
+# Reasons shared by more than one check.
+CAME_BACK = "nossa mensagem voltou (our own mail came back)"
+NOT_AUTHENTICATED = "remetente não autenticado (sender not authenticated)"
+
+
+def _sender(message: ReadMessage) -> str:
+    return message.from_address or "sem endereço (no address)"
+
+
 def _size(count: int) -> str:
     if count >= MIB:
         return f"{count} bytes ({count / MIB:.1f} MiB)"
@@ -88,7 +98,8 @@ def message_size(size: int, intake: IntakeSettings) -> Verdict | None:
         return None
     return Verdict(
         "max_message_bytes",
-        f"message is {_size(size)}, over intake.max_message_bytes = {_size(limit)}; not read",
+        f"mensagem grande demais (message too large): {_size(size)}, acima de (over) "
+        f"intake.max_message_bytes = {_size(limit)}; não lida (not read)",
     )
 
 
@@ -136,11 +147,12 @@ def attachment_limit(
             continue
         size = len(attachment.payload)
         if size > intake.max_attachment_bytes:
-            name = attachment.filename or "(no name)"
+            name = repr(attachment.filename) if attachment.filename else "sem nome (no name)"
             return message, Verdict(
                 "max_attachment_bytes",
-                f"attachment {name!r} ({kind}) is {_size(size)}, over "
-                f"intake.max_attachment_bytes = {_size(intake.max_attachment_bytes)}",
+                f"anexo grande demais (attachment too large): {name}, {kind}, {_size(size)}, "
+                f"acima de (over) intake.max_attachment_bytes = "
+                f"{_size(intake.max_attachment_bytes)}",
             )
         readable.append(attachment)
     if len(readable) == len(message.attachments):
@@ -155,7 +167,8 @@ def people_limit(count: int, intake: IntakeSettings) -> Verdict | None:
         return None
     return Verdict(
         "max_people_per_message",
-        f"names {count} people, over intake.max_people_per_message = {limit}; nothing queued",
+        f"pessoas demais (too many people): {count}, acima de (over) "
+        f"intake.max_people_per_message = {limit}; nada entrou na fila (nothing queued)",
     )
 
 
@@ -172,11 +185,9 @@ def loop_check(message: ReadMessage, own_domain: str) -> Verdict | None:
     """
     marker = message.header(LOOP_HEADER)
     if marker is not None:
-        return Verdict("own message", f"our own mail came back ({LOOP_HEADER}: {marker[:60]})")
+        return Verdict("own message", f"{CAME_BACK}: {LOOP_HEADER}: {marker[:60]}")
     if message.message_id and is_own_message_id(message.message_id, own_domain):
-        return Verdict(
-            "own message", f"our own mail came back (Message-ID <{message.message_id}>)"
-        )
+        return Verdict("own message", f"{CAME_BACK}: Message-ID <{message.message_id}>")
 
     answered = [
         ref
@@ -189,7 +200,8 @@ def loop_check(message: ReadMessage, own_domain: str) -> Verdict | None:
     if found is None:
         return None
     return Verdict(
-        "automatic reply to us", f"automatic answer to our message <{answered[0]}>: {found.reason}"
+        "automatic reply to us",
+        f"responde à nossa mensagem (answers our message) <{answered[0]}>; {found.reason}",
     )
 
 
@@ -200,7 +212,9 @@ def reply_cap(
     limit = intake.auto_replies_per_hour
     if limit == 0:
         return Verdict(
-            "auto_replies_per_hour", "automatic answers are off (intake.auto_replies_per_hour = 0)"
+            "auto_replies_per_hour",
+            "respostas automáticas desligadas (automatic answers are off): "
+            "intake.auto_replies_per_hour = 0",
         )
     since = (now or utcnow()) - REPLY_WINDOW
     sent = session.scalar(
@@ -212,8 +226,9 @@ def reply_cap(
         return None
     return Verdict(
         "auto_replies_per_hour",
-        f"{address} already got {sent} automatic answers in the last hour "
-        f"(intake.auto_replies_per_hour = {limit})",
+        f"limite de respostas automáticas atingido (automatic answer limit reached): "
+        f"{address}, {sent} na última hora (in the last hour); "
+        f"intake.auto_replies_per_hour = {limit}",
     )
 
 
@@ -250,10 +265,10 @@ def allowed_requester(message: ReadMessage, intake: IntakeSettings) -> Verdict |
         return None
     if address_matches(message.from_address, intake.allowed_requesters):
         return None
-    sender = message.from_address or "(no address)"
     return Verdict(
         "allowed_requesters",
-        f"sender {sender} is not an allowed requester (intake.allowed_requesters)",
+        f"remetente não permitido (not an allowed requester): {_sender(message)}; "
+        "veja (see) intake.allowed_requesters",
     )
 
 
@@ -368,20 +383,22 @@ def authentication(message: ReadMessage, intake: IntakeSettings) -> Verdict | No
     if not required:
         return None
     trusted = intake.authserv_id or ""
-    wanted = " or ".join(f"{method}=pass" for method in required)
+    wanted = _wanted(required)
     values = message.headers("Authentication-Results")
     if not values:
         return Verdict(
             "authentication",
-            f"no Authentication-Results header from {trusted}; {wanted} required",
+            f"{NOT_AUTHENTICATED}: Authentication-Results: nenhum de (none from) {trusted}; "
+            f"{wanted}",
         )
     top = parse_authentication_results(values[0])
     if top is None or top.authserv_id != trusted:
-        found = top.authserv_id if top else "(empty)"
+        found = top.authserv_id if top else "vazio (empty)"
         return Verdict(
             "authentication",
-            f"the topmost Authentication-Results is from {found}, not from our server "
-            f"{trusted}; {wanted} required",
+            f"{NOT_AUTHENTICATED}: Authentication-Results: o do topo é de "
+            f"(the topmost is from) {found}, não do nosso servidor (not from our server) "
+            f"{trusted}; {wanted}",
         )
     from_domain = _domain_of(message.from_address)
     for result in top.results:
@@ -392,9 +409,21 @@ def authentication(message: ReadMessage, intake: IntakeSettings) -> Verdict | No
     )
     return Verdict(
         "authentication",
-        f"sender {message.from_address or '(no address)'} not authenticated: {trusted} says "
-        f"{seen or 'nothing'}; {wanted} for {from_domain or 'the From domain'} required",
+        f"{NOT_AUTHENTICATED}: {_sender(message)}; {trusted} diz (says) "
+        f"{seen or 'nada (nothing)'}; {_wanted(required, for_sender=True)}",
     )
+
+
+def _wanted(required: Sequence[str], *, for_sender: bool = False) -> str:
+    """What would have passed: 'exigido (required): dmarc=pass', or one of several."""
+    passes = ", ".join(f"{method}=pass" for method in required)
+    several = len(required) > 1
+    pt = "exigido um destes" if several else "exigido"
+    en = "one of these required" if several else "required"
+    if for_sender:
+        # A pass counts only for the From address's domain (alignment).
+        pt, en = f"{pt} para o domínio do remetente", f"{en} for the sender's domain"
+    return f"{pt} ({en}): {passes}"
 
 
 def plain_sender(message: ReadMessage, intake: IntakeSettings) -> Verdict | None:
@@ -404,7 +433,8 @@ def plain_sender(message: ReadMessage, intake: IntakeSettings) -> Verdict | None
         return None
     return Verdict(
         "plain_sender",
-        f"sender unclear ({'; '.join(doubts)}): a person must check who sent it",
+        f"remetente incerto (sender unclear): {'; '.join(doubts)}; "
+        "uma pessoa deve conferir quem enviou (a person must check who sent it)",
     )
 
 

@@ -157,7 +157,9 @@ def _receive_one(
     except Exception as exc:  # the batch must go on; the message is kept with the reason
         log.exception("%s: message %s could not be received", mailbox, key)
         row = inbound_row(mailbox, key, fetched.raw, fetched.size)
-        row.reason = f"internal error while reading: {type(exc).__name__}: {exc}"[:2000]
+        row.reason = (
+            f"erro interno ao ler (internal error while reading): {type(exc).__name__}: {exc}"
+        )[:2000]
         row.destination = ATTENTION
         session.add(row)
         session.flush()

@@ -496,17 +496,20 @@ def _mailbox_doubt(segment: str) -> str | None:
     text = _without_comments(segment)[0].strip()
     angle = _unquoted_find(text, "<")
     if angle < 0 and not (len(text.split()) == 1 or _QUOTED_LOCAL_PART.fullmatch(text)):
-        return f"From {text!r} is not one well-formed address"
+        return f"From não é um endereço bem formado (not one well-formed address): {text!r}"
     if angle >= 0 and ((close := text.find(">", angle)) < 0 or text[close + 1 :].strip()):
-        return f"From {text!r} is not one well-formed address"
+        return f"From não é um endereço bem formado (not one well-formed address): {text!r}"
     if angle >= 0 and ":" in text[angle:close]:
-        return f"From {text!r} has an obsolete source route"
+        return f"From com rota de origem obsoleta (obsolete source route): {text!r}"
     name, address = _mailbox(segment)
     # Look-alike characters (a fullwidth at sign) count as what they look like.
     name = unicodedata.normalize("NFKC", name)
     shown = sorted({found.lower() for found in _ADDRESS_IN_TEXT.findall(name)} - {address})
     if shown:
-        return f"the From name shows another address ({', '.join(shown)})"
+        return (
+            "o nome no From mostra outro endereço (the From name shows another address): "
+            + ", ".join(shown)
+        )
     return None
 
 
@@ -905,7 +908,7 @@ class ReadMessage:
         """
         values = self._undecoded("from")
         if not values:
-            return ["no From field"]
+            return ["sem campo From (no From field)"]
         addressed = [
             (segment, address)
             for value in values
@@ -913,11 +916,15 @@ class ReadMessage:
             if "@" in (address := _mailbox(segment)[1])
         ]
         named = ", ".join(address for _, address in addressed)
-        doubts = [f"{len(values)} From fields: {named or 'no address'}"] if len(values) > 1 else []
+        doubts = []
+        if len(values) > 1:
+            doubts.append(
+                f"{len(values)} campos From (From fields): {named or 'sem endereço (no address)'}"
+            )
         if not addressed:
-            return [*doubts, "From holds no address"]
+            return [*doubts, "From sem endereço (From holds no address)"]
         if len(values) == 1 and len(addressed) > 1:
-            doubts.append(f"From names {len(addressed)} addresses: {named}")
+            doubts.append(f"{len(addressed)} endereços no From (addresses in From): {named}")
         doubts.extend(doubt for segment, _ in addressed if (doubt := _mailbox_doubt(segment)))
         return doubts
 
@@ -1097,11 +1104,11 @@ def read_message(raw: bytes) -> ReadMessage:
         raise TypeError(f"read_message needs bytes, not {type(raw).__name__}")
     raw = bytes(raw)
     if not raw.strip():
-        raise UnreadableMessage("empty message")
+        raise UnreadableMessage("mensagem vazia (empty message)")
     start = _header_offset(raw)
     block = _split_header_block(raw[start:] if start else raw)
     if not any(name.lower() in MESSAGE_FIELDS for name, _ in block.fields):
-        raise UnreadableMessage("no message header block")
+        raise UnreadableMessage("sem cabeçalho de mensagem (no message header block)")
     message = ReadMessage(raw, block)
     log.debug(
         "%s: read %d bytes, %d header fields", message.message_id, len(raw), len(block.fields)

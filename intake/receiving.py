@@ -37,6 +37,7 @@ from intake.errors import UnreadableMessage
 from intake.extraction import extract
 from intake.models import InboundMessage
 from intake.reading import ReadMessage, read_message
+from intake.report import missing_reason
 from intake.screening import has_tag, screen
 from portaria import outbox
 from portaria.letters import single_line
@@ -69,6 +70,19 @@ DESTINATIONS: dict[str, str | None] = {
 
 # Who auto-approvals are recorded as, in the audit trail and on the request.
 AUTO_APPROVER = "auto:trusted-requester"
+
+NOT_AUTO_APPROVED = "não aprovado automaticamente (not approved automatically)"
+# The automatic answers a note can name, in pt-BR ("resposta", feminine, so
+# "não enviada" and "suprimida" agree with every one).
+ANSWER_LABELS = {
+    "received": "resposta de recebimento",
+    "incomplete": "resposta de pedido incompleto",
+}
+
+
+def _answer_label(kind: str, pt: str, en: str) -> str:
+    """'resposta de recebimento não enviada (received answer not sent)', for one letter kind."""
+    return f"{ANSWER_LABELS.get(kind, 'resposta ' + kind)} {pt} ({kind} answer {en})"
 
 
 def own_addresses(settings: Settings) -> frozenset[str]:
@@ -127,7 +141,10 @@ def receive(
     if original is not None:
         row.destination = original.destination
         row.outcome = "duplicate"
-        row.reason = f"same Message-ID and content as message {original.id}"
+        row.reason = (
+            "mensagem repetida (duplicate): mesmo Message-ID e conteúdo da mensagem "
+            f"(same Message-ID and content as message) {original.id}"
+        )
         session.flush()
         log.info("message %s (%s) is a copy of message %s", row.id, key, original.id)
         return row
@@ -153,7 +170,10 @@ def receive(
         # Telling the requester "everything is missing" would be wrong: we
         # could not look. A person reads it from the attention folder.
         return _decided(
-            session, row, "unreadable", f"body could not be parsed: {message.body_error}"
+            session,
+            row,
+            "unreadable",
+            f"não foi possível ler o corpo (body could not be parsed): {message.body_error}",
         )
 
     return _take_request(session, settings, row, message)
@@ -190,7 +210,7 @@ def _take_request(
     incomplete = any(p.missing for p in people)
     reasons = list(outside_reasons)
     if incomplete:
-        reasons.append("missing: " + ", ".join(extraction.missing))
+        reasons.append(missing_reason(extraction.missing))
     outcome = "held" if outside else "incomplete" if incomplete else "request"
     _decided(session, row, outcome, "; ".join(reasons))
 
@@ -212,7 +232,12 @@ def _take_request(
     if outside:
         # Possibly forged: flagged for a person; tell support, never the sender.
         _tell_support(session, settings, [r for r in requests if r.status == "pending"], row)
-        _note(session, row, "sender not answered (outside the sender policy)")
+        _note(
+            session,
+            row,
+            "remetente não respondido, fora da política de remetentes "
+            "(sender not answered, outside the sender policy)",
+        )
         return row
 
     approved = _auto_approve(session, settings, row, message, requests)
@@ -238,13 +263,13 @@ def _auto_approve(
     # The approval letter is an automatic answer too: over the cap, a person decides.
     capped = policy.reply_cap(session, settings.intake, message.from_address)
     if capped is not None:
-        _note(session, row, f"not approved automatically: {capped.reason}")
+        _note(session, row, f"{NOT_AUTO_APPROVED}: {capped.reason}")
         return []
     try:
         with session.begin_nested():
             approved = approve(session, settings, [r.id for r in chosen], actor=AUTO_APPROVER)
     except ProvisioningError as exc:
-        _note(session, row, f"not approved automatically: {exc}")
+        _note(session, row, f"{NOT_AUTO_APPROVED}: {exc}")
         return []
 
     letter = session.scalar(
@@ -254,7 +279,11 @@ def _auto_approve(
     )
     policy.record_auto_reply(session, message.from_address, letter.id if letter else None)
     ids = ", ".join(f"#{r.id}" for r in approved)
-    _note(session, row, f"approved automatically ({AUTO_APPROVER}): {ids}")
+    _note(
+        session,
+        row,
+        f"aprovado automaticamente (approved automatically): {ids}, por (by) {AUTO_APPROVER}",
+    )
     return approved
 
 
@@ -313,7 +342,7 @@ def _answer(
                 session, settings, kind=kind, to=[message.from_address], context=context, **thread
             )
         except outbox.InvalidRecipient as exc:
-            _note(session, row, f"{kind} answer not sent: {exc}")
+            _note(session, row, f"{_answer_label(kind, 'não enviada', 'not sent')}: {exc}")
             continue
         policy.record_auto_reply(session, message.from_address, letter.id)
 
@@ -324,11 +353,16 @@ def _may_answer(
     """Whether ``address`` may get an automatic answer now; if not, say why on the message."""
     bounce = bounced(session, address)
     if bounce is not None:
-        _note(session, row, f"{kind} answer not sent: {address} bounced ({bounce.last_reason})")
+        not_sent = _answer_label(kind, "não enviada", "not sent")
+        _note(
+            session,
+            row,
+            f"{not_sent}: endereço devolvido (bounced address) {address}: {bounce.last_reason}",
+        )
         return False
     capped = policy.reply_cap(session, settings.intake, address)
     if capped is not None:
-        _note(session, row, f"{kind} answer suppressed: {capped.reason}")
+        _note(session, row, f"{_answer_label(kind, 'suprimida', 'suppressed')}: {capped.reason}")
         log.warning("message %s: %s answer suppressed: %s", row.id, kind, capped.reason)
         return False
     return True

@@ -30,10 +30,11 @@ from intake.extraction import FIELD_NAMES, Extraction, extract
 from intake.reading import ReadMessage, read_message
 from intake.screening import screen
 from portaria.letters import DEFAULT_LANGUAGE, describe_problem
+from portaria.letters import FIELD_LABELS as LETTER_FIELD_LABELS
 
 log = logging.getLogger(__name__)
 
-__all__ = ["format_report", "parse_report", "problem_lines"]
+__all__ = ["format_report", "missing_reason", "parse_report", "problem_lines"]
 
 # pt-BR first, English after, for the printed report.
 OUTCOME_LABELS = {
@@ -78,12 +79,21 @@ def problem_lines(problems: Iterable[tuple[str, Mapping[str, Any]]]) -> list[str
     return list(dict.fromkeys(lines))
 
 
+def missing_reason(missing: Iterable[str]) -> str:
+    """'faltam (missing): nome, e-mail': the fields as the pt-BR letters name them."""
+    labels = LETTER_FIELD_LABELS[DEFAULT_LANGUAGE]
+    return "faltam (missing): " + ", ".join(labels.get(name, name).lower() for name in missing)
+
+
 def _why(extraction: Extraction) -> str:
     people = extraction.people
     if not any(person.name or person.email or person.problems for person in people):
-        return "no person found (nenhuma pessoa encontrada)"
+        return "nenhuma pessoa encontrada (no person found)"
     lacking = len(extraction.incomplete_people)
-    return f"{lacking} of {len(people)} people lack: {', '.join(extraction.missing)}"
+    return (
+        f"pessoas incompletas (incomplete people): {lacking} de {len(people)}; "
+        f"{missing_reason(extraction.missing)}"
+    )
 
 
 def _report(

@@ -216,6 +216,22 @@ DEFAULT_POLICY = ScreeningPolicy(
 )
 
 
+# What each policy kind is called in a reason: pt-BR first, then the kind itself.
+KIND_LABELS = {
+    "own message": "mensagem nossa (own message)",
+    "delivery report": "relatório de entrega (delivery report)",
+    "auto-reply": "resposta automática (auto-reply)",
+    "bulk mail": "e-mail em massa (bulk mail)",
+    "mailing list": "lista de discussão (mailing list)",
+    "automated sender": "remetente automático (automated sender)",
+}
+
+
+def kind_label(kind: str) -> str:
+    """How a reason names a policy kind; a kind added to a custom policy shows as itself."""
+    return KIND_LABELS.get(kind, kind)
+
+
 @dataclass(frozen=True)
 class Screening:
     """The screening decision: a request to extract, or mail to ignore.
@@ -275,7 +291,9 @@ def screen(
     mail are ignored.
     """
     if not has_tag(message.subject, tag):
-        decision = Screening("ignored", f"no {tag} tag in subject", "untagged")
+        decision = Screening(
+            "ignored", f"sem a tag {tag} no assunto (no {tag} tag in subject)", "untagged"
+        )
     else:
         found = automatic(
             message,
@@ -283,7 +301,9 @@ def screen(
             own_message_id_domain=own_message_id_domain,
             policy=policy,
         )
-        decision = found or Screening("request", f"{tag} tag in subject", "tag")
+        decision = found or Screening(
+            "request", f"tag {tag} no assunto ({tag} tag in subject)", "tag"
+        )
     log.info("%s: %s (%s)", message.message_id, decision.outcome, decision.reason)
     return decision
 
@@ -302,15 +322,18 @@ def automatic(
     to one of our messages; the policy's `reply_rules` then apply as well.
     """
     sender = message.from_address
+    own = kind_label("own message")
     if sender and sender in {address.lower() for address in own_addresses}:
-        return Screening("ignored", f"own message (from {sender})", "own message")
+        return Screening("ignored", f"{own}: From: {sender}", "own message")
     # Only the outbox's exact form: colleagues' mail clients also put our domain
     # in their Message-IDs.
     if own_message_id_domain and is_own_message_id(
         message.message_id or "", own_message_id_domain
     ):
         domain = own_message_id_domain.lower()
-        return Screening("ignored", f"own message (Message-ID on {domain})", "own message")
+        return Screening(
+            "ignored", f"{own}: Message-ID do domínio (on domain) {domain}", "own message"
+        )
 
     rules = policy.header_rules + (policy.reply_rules if answers_us else ())
     hit = _first_hit(message, rules)
@@ -318,20 +341,24 @@ def automatic(
         rule, value = hit
         # The value without its parameters, short enough for a log line.
         shown = value.split(";", 1)[0].strip()[:60]
-        return Screening("ignored", f"{rule.kind} ({rule.header}: {shown})", rule.kind)
+        return Screening("ignored", f"{kind_label(rule.kind)}: {rule.header}: {shown}", rule.kind)
 
     local_part = sender.partition("@")[0]
     for kind, names in policy.machine_senders.items():
         if local_part in names:
-            return Screening("ignored", f"{kind} (sender {sender})", kind)
+            return Screening(
+                "ignored", f"{kind_label(kind)}: enviada por (sent by) {sender}", kind
+            )
 
     stripped = _fold(message.subject).lstrip(" [")
     for kind, prefixes in policy.subject_prefixes.items():
         for prefix in prefixes:
             if stripped.startswith(prefix.lstrip("[")):
-                return Screening("ignored", f"{kind} (subject starts with {prefix!r})", kind)
+                reason = f"{kind_label(kind)}: assunto começa com (subject starts with) {prefix!r}"
+                return Screening("ignored", reason, kind)
     for kind, markers in policy.subject_markers.items():
         for marker in markers:
             if marker in stripped:
-                return Screening("ignored", f"{kind} (subject has {marker!r})", kind)
+                reason = f"{kind_label(kind)}: assunto contém (subject has) {marker!r}"
+                return Screening("ignored", reason, kind)
     return None

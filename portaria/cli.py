@@ -201,7 +201,8 @@ def parse(
             if several:
                 out.print(Text(str(file), style="bold"))
             text = format_report(report) if "message" in report else _unreadable(report)
-            out.print(text, markup=False)
+            # A bilingual reason can pass 200 columns; one line each, as `status` prints.
+            out.print(text, markup=False, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 
@@ -281,7 +282,8 @@ def requests_show(request_id: int, config: ConfigOption = None) -> None:
         }
         for label, value in fields.items():
             if value not in (None, ""):
-                out.print(f"{label:>12}: {value}")
+                # The intake reason, pt-BR and English, can pass 200 columns: one line each.
+                out.print(f"{label:>12}: {value}", soft_wrap=True)
         events = events_for(session, "access_request", r.id)
         if events:
             out.print("   histórico:")

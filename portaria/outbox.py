@@ -418,7 +418,8 @@ def list_outbox(session: Session, status: str | None = None) -> list[OutboxMessa
     if status is not None:
         if status not in OUTBOX_STATUSES:
             raise OutboxError(
-                f"unknown outbox status {status!r}; use one of {', '.join(OUTBOX_STATUSES)}"
+                f"situação de e-mail desconhecida (unknown outbox status) {status!r}; "
+                f"use uma de (use one of): {', '.join(OUTBOX_STATUSES)}"
             )
         statement = statement.where(OutboxMessage.status == status)
     return list(session.scalars(statement))

@@ -130,7 +130,7 @@ def test_show_says_what_was_wrong_with_an_incomplete_request(workdir: Path) -> N
         "    problems: E-mail inválido: email ruim@cliente.test (escreva só o endereço, sem "
         "outras palavras)"
     ) in lines
-    assert "      intake: incomplete: missing: email" in lines
+    assert "      intake: incomplete: faltam (missing): e-mail" in lines
 
 
 def test_parse_json_one_file(workdir: Path) -> None:

@@ -246,7 +246,7 @@ def test_every_corpus_message_is_recorded_filed_and_never_answered_if_automatic(
         # The poller's own record of an exception a receiving stage raised.
         f"{source[row.id]}: a receiving stage raised: {row.reason}"
         for row in rows
-        if row.reason.startswith("internal error")
+        if row.reason.startswith("erro interno ao ler (internal error while reading)")
     ]
     assert not problems, "\n".join(problems)
     assert sum(by_outcome.values()) == len(delivered)

@@ -629,7 +629,9 @@ class TestReport:
             }
         ]
         assert report["missing"] == ["area"]
-        assert report["reason"] == "1 of 2 people lack: area"
+        assert report["reason"] == (
+            "pessoas incompletas (incomplete people): 1 de 2; faltam (missing): área"
+        )
 
     def test_nobody_found_is_incomplete_with_everything_missing(self) -> None:
         raw = b"From: a@example.com\r\nSubject: #ACESSO\r\n\r\nPodem ver isso?\r\n"
@@ -639,7 +641,7 @@ class TestReport:
             [],
             ["name", "email", "area", "access_type"],
         )
-        assert report["reason"] == "no person found (nenhuma pessoa encontrada)"
+        assert report["reason"] == "nenhuma pessoa encontrada (no person found)"
 
     def test_ignored_report(self) -> None:
         raw = (MESSAGES / "outlook_auto_reply.eml").read_bytes()
@@ -648,13 +650,15 @@ class TestReport:
             "ignored",
             [],
             [],
-            "auto-reply (Auto-Submitted: auto-generated)",
+            "resposta automática (auto-reply): Auto-Submitted: auto-generated",
         )
         assert report["message"]["subject"] == "Resposta automática: RE: [#ACESSO] Solicitação"
 
     def test_custom_tag(self) -> None:
         raw = b"From: a@example.com\r\nSubject: #USUARIO\r\n\r\nx\r\n"
-        assert parse_report(raw)["reason"] == "no #ACESSO tag in subject"
+        assert parse_report(raw)["reason"] == (
+            "sem a tag #ACESSO no assunto (no #ACESSO tag in subject)"
+        )
         assert parse_report(raw, tag="#USUARIO")["outcome"] == "incomplete"
 
     def test_unreadable_bytes_raise(self) -> None:

@@ -133,8 +133,9 @@ class TestMessageSize:
 
         assert row.outcome == "unreadable"
         assert row.reason == (
-            f"message is {len(raw)} bytes ({len(raw) / 1024:.1f} KiB), over "
-            "intake.max_message_bytes = 2048 bytes (2.0 KiB); not read"
+            f"mensagem grande demais (message too large): {len(raw)} bytes "
+            f"({len(raw) / 1024:.1f} KiB), acima de (over) intake.max_message_bytes = "
+            "2048 bytes (2.0 KiB); não lida (not read)"
         )
         assert row.destination == "attention"
         assert (row.message_id, row.sender, row.subject) == (
@@ -164,7 +165,7 @@ class TestMessageSize:
 
         assert (row.outcome, row.reason) == (
             "ignored",
-            "auto-reply (Auto-Submitted: auto-replied)",
+            "resposta automática (auto-reply): Auto-Submitted: auto-replied",
         )
 
     def test_message_at_the_limit_is_read(self, service: Service) -> None:
@@ -210,7 +211,9 @@ class TestBodyCutShort:
         row = received(service, CUT_SHORT)
 
         assert (row.outcome, row.destination) == ("unreadable", "attention")
-        assert row.reason == "body could not be parsed: ValueError: cannot read this"
+        assert row.reason == (
+            "não foi possível ler o corpo (body could not be parsed): ValueError: cannot read this"
+        )
         assert count(service, AccessRequest) == 0
         assert count(service, OutboxMessage) == 0
 
@@ -229,7 +232,8 @@ class TestPeoplePerMessage:
 
         assert row.outcome == "held"
         assert row.reason == (
-            "names 3 people, over intake.max_people_per_message = 2; nothing queued"
+            "pessoas demais (too many people): 3, acima de (over) "
+            "intake.max_people_per_message = 2; nada entrou na fila (nothing queued)"
         )
         assert row.destination == "attention"
         assert count(service, AccessRequest) == 0
@@ -261,8 +265,9 @@ class TestAttachments:
 
         assert row.outcome == "held"
         assert row.reason == (
-            "attachment 'pessoas.csv' (text/csv) is 133 bytes (0.1 KiB), over "
-            "intake.max_attachment_bytes = 100 bytes (0.1 KiB)"
+            "anexo grande demais (attachment too large): 'pessoas.csv', text/csv, "
+            "133 bytes (0.1 KiB), acima de (over) intake.max_attachment_bytes = "
+            "100 bytes (0.1 KiB)"
         )
         assert row.destination == "attention"
         assert count(service, AccessRequest) == 0
@@ -299,7 +304,7 @@ class TestAttachments:
         row = received(service, raw)
 
         assert row.outcome == "incomplete"
-        assert row.reason == "missing: name, email, area, access_type"
+        assert row.reason == "faltam (missing): nome, e-mail, área, tipo de acesso"
 
     def test_csv_named_file_with_a_generic_type_counts_as_csv(
         self, service: Service, settings: Settings
@@ -316,7 +321,9 @@ class TestAttachments:
         row = received(service, raw)
 
         assert row.outcome == "held"
-        assert row.reason.startswith("attachment 'pessoas.csv' (text/csv) is ")
+        assert row.reason.startswith(
+            "anexo grande demais (attachment too large): 'pessoas.csv', text/csv, "
+        )
 
     def test_large_attachment_of_another_type_is_skipped_not_held(
         self, service: Service, settings: Settings

@@ -98,7 +98,9 @@ class TestOwnMailComingBack:
         row = received(service, raw, "1")
 
         assert (row.outcome, row.destination) == ("ignored", "processed")
-        assert row.reason == "our own mail came back (X-Portaria-Loop: acesso@portaria.test)"
+        assert row.reason == (
+            "nossa mensagem voltou (our own mail came back): X-Portaria-Loop: acesso@portaria.test"
+        )
         assert letters(service) == []
 
     def test_our_own_message_id_is_ignored(self, service: Service) -> None:
@@ -109,8 +111,8 @@ class TestOwnMailComingBack:
 
         assert row.outcome == "ignored"
         assert row.reason == (
-            "our own mail came back "
-            "(Message-ID <portaria.0123456789abcdef0123456789abcdef@portaria.test>)"
+            "nossa mensagem voltou (our own mail came back): "
+            "Message-ID <portaria.0123456789abcdef0123456789abcdef@portaria.test>"
         )
 
     def test_a_colleague_on_our_domain_is_not_taken_for_us(self, service: Service) -> None:
@@ -137,8 +139,8 @@ class TestMachinesAnsweringUs:
 
         assert row.outcome == "ignored"
         assert row.reason == (
-            f"automatic answer to our message {letter.message_id}: "
-            "auto-reply (Auto-Submitted: auto-replied)"
+            f"responde à nossa mensagem (answers our message) {letter.message_id}; "
+            "resposta automática (auto-reply): Auto-Submitted: auto-replied"
         )
         assert len(letters(service, "received")) == 1
 
@@ -154,7 +156,8 @@ class TestMachinesAnsweringUs:
 
         assert (row.outcome, row.destination) == ("ignored", "processed")
         assert row.reason == (
-            f"automatic answer to our message {letter.message_id}: auto-reply (X-Loop: helpdesk)"
+            f"responde à nossa mensagem (answers our message) {letter.message_id}; "
+            "resposta automática (auto-reply): X-Loop: helpdesk"
         )
 
     def test_x_loop_alone_on_fresh_mail_is_not_believed(self, service: Service) -> None:
@@ -209,8 +212,10 @@ class TestHourlyCap:
         assert [row.outcome for row in rows] == ["request", "request", "request"]
         assert [row.reason for row in rows[:2]] == ["", ""]
         assert rows[2].reason == (
-            "received answer suppressed: helena.costa@cliente.test already got 2 automatic "
-            "answers in the last hour (intake.auto_replies_per_hour = 2)"
+            "resposta de recebimento suprimida (received answer suppressed): "
+            "limite de respostas automáticas atingido (automatic answer limit reached): "
+            "helena.costa@cliente.test, 2 na última hora (in the last hour); "
+            "intake.auto_replies_per_hour = 2"
         )
         assert count(service, AccessRequest) == 3
         assert len(letters(service, "received")) == 2
@@ -222,8 +227,10 @@ class TestHourlyCap:
             letter.id for letter in letters(service, "received")
         ]
         assert [record.getMessage() for record in caplog.records] == [
-            f"message {rows[2].id}: received answer suppressed: helena.costa@cliente.test "
-            "already got 2 automatic answers in the last hour (intake.auto_replies_per_hour = 2)"
+            f"message {rows[2].id}: received answer suppressed: "
+            "limite de respostas automáticas atingido (automatic answer limit reached): "
+            "helena.costa@cliente.test, 2 na última hora (in the last hour); "
+            "intake.auto_replies_per_hour = 2"
         ]
 
     def test_answers_older_than_an_hour_do_not_count(
@@ -258,8 +265,10 @@ class TestHourlyCap:
 
         assert row.outcome == "incomplete"
         assert row.reason == (
-            "missing: email, area, access_type; incomplete answer suppressed: automatic "
-            "answers are off (intake.auto_replies_per_hour = 0)"
+            "faltam (missing): e-mail, área, tipo de acesso; "
+            "resposta de pedido incompleto suprimida (incomplete answer suppressed): "
+            "respostas automáticas desligadas (automatic answers are off): "
+            "intake.auto_replies_per_hour = 0"
         )
         assert letters(service, "incomplete") == []
 
@@ -272,22 +281,23 @@ class TestBounces:
 
         assert (report.outcome, report.destination) == ("ignored", "processed")
         assert report.reason == (
-            f"delivery report about our message {letter.message_id}: "
-            "bounced helena.costa@cliente.test (5.1.1)"
+            "relatório de entrega da nossa mensagem (delivery report about our message) "
+            f"{letter.message_id}; devolvida (bounced): helena.costa@cliente.test (5.1.1)"
         )
         with service.sessions() as session:
             [bounce] = session.scalars(select(BouncedAddress)).all()
         assert (bounce.email, bounce.bounces) == (HELENA, 1)
         assert bounce.last_reason == (
-            "5.1.1 550 5.1.1 <helena.costa@cliente.test>: user unknown "
-            f"(our message {letter.message_id})"
+            "5.1.1 550 5.1.1 <helena.costa@cliente.test>: user unknown; "
+            f"nossa mensagem (our message) {letter.message_id}"
         )
 
         again = received(service, request_message(ANA, message_id="<req-2@cliente.test>"), "req-2")
 
         assert again.outcome == "request"
         assert again.reason == (
-            f"received answer not sent: {HELENA} bounced ({bounce.last_reason})"
+            "resposta de recebimento não enviada (received answer not sent): "
+            f"endereço devolvido (bounced address) {HELENA}: {bounce.last_reason}"
         )
         assert len(letters(service, "received")) == 1
         assert len(letters(service, "support_notice")) == 2
@@ -302,7 +312,9 @@ class TestBounces:
         with service.sessions() as session:
             bounce = session.get(BouncedAddress, HELENA)
         assert bounce.bounces == 2
-        assert bounce.last_reason.startswith("5.1.1 550 mailbox disabled (our message")
+        assert bounce.last_reason == (
+            f"5.1.1 550 mailbox disabled; nossa mensagem (our message) {letter.message_id}"
+        )
 
     def test_delay_warning_records_nothing(self, service: Service) -> None:
         letter = answered_request(service)
@@ -314,7 +326,8 @@ class TestBounces:
 
         assert row.outcome == "ignored"
         assert row.reason == (
-            f"delivery report about our message {letter.message_id}: no failure, nothing recorded"
+            "relatório de entrega da nossa mensagem (delivery report about our message) "
+            f"{letter.message_id}; sem falha, nada registrado (no failure, nothing recorded)"
         )
         assert count(service, BouncedAddress) == 0
 
@@ -328,7 +341,8 @@ class TestBounces:
 
         assert row.outcome == "ignored"
         assert row.reason == (
-            f"delivery report about our message {letter.message_id}: no recipient of it failed"
+            "relatório de entrega da nossa mensagem (delivery report about our message) "
+            f"{letter.message_id}; nenhum destinatário dela falhou (no recipient of it failed)"
         )
         assert count(service, BouncedAddress) == 0
 
@@ -361,8 +375,8 @@ class TestBounces:
         row = received(service, raw, "exim")
 
         assert row.reason == (
-            f"delivery report about our message {letter.message_id}: "
-            "bounced helena.costa@cliente.test"
+            "relatório de entrega da nossa mensagem (delivery report about our message) "
+            f"{letter.message_id}; devolvida (bounced): helena.costa@cliente.test"
         )
         assert count(service, BouncedAddress) == 1
 
@@ -383,8 +397,8 @@ class TestBounces:
         row = received(service, raw, "qmail")
 
         assert row.reason == (
-            f"delivery report about our message {letter.message_id}: "
-            "bounced helena.costa@cliente.test (5.1.1)"
+            "relatório de entrega da nossa mensagem (delivery report about our message) "
+            f"{letter.message_id}; devolvida (bounced): helena.costa@cliente.test (5.1.1)"
         )
 
     def test_outbox_fails_a_letter_whose_every_recipient_bounced(
@@ -484,25 +498,28 @@ class TestBounceShapesScreening:
                 "E500_SMTP_Mail_Service@lerctr.test",
                 "Returned Mail - Error During Delivery #ACESSO",
                 {},
-                "delivery report (subject starts with 'returned mail')",
+                "relatório de entrega (delivery report): "
+                "assunto começa com (subject starts with) 'returned mail'",
             ),
             (
                 "Symantec_AntiVirus@csri.test",
                 "Delivery failure notification #ACESSO",
                 {},
-                "delivery report (subject starts with 'delivery failure')",
+                "relatório de entrega (delivery report): "
+                "assunto começa com (subject starts with) 'delivery failure'",
             ),
             (
                 "post_master@vtext.example.test",
                 "Re:Test message #ACESSO",
                 {},
-                "delivery report (sender post_master@vtext.example.test)",
+                "relatório de entrega (delivery report): "
+                "enviada por (sent by) post_master@vtext.example.test",
             ),
             (
                 "neko-admin@example.test",
                 "You are not member (neko ML) #ACESSO",
                 {"X-MLServer": "fml [fml 4.0.3 release]"},
-                "mailing list (X-MLServer: fml [fml 4.0.3 release])",
+                "lista de discussão (mailing list): X-MLServer: fml [fml 4.0.3 release]",
             ),
         ],
     )

@@ -784,7 +784,10 @@ class TestLookingAfterTheOutbox:
             assert [r.id for r in list_outbox(session)] == ids
             assert [r.id for r in list_outbox(session, status="failed")] == [ids[1]]
             assert [r.id for r in list_outbox(session, status="pending")] == [ids[0], ids[2]]
-            with pytest.raises(OutboxError, match="unknown outbox status 'lost'"):
+            with pytest.raises(
+                OutboxError,
+                match=r"^situação de e-mail desconhecida \(unknown outbox status\) 'lost'",
+            ):
                 list_outbox(session, status="lost")
 
 

@@ -128,8 +128,10 @@ class TestAllowedRequesters:
 
         assert (row.outcome, row.destination) == ("held", "attention")
         assert row.reason == (
-            "sender helena.costa@cliente.test is not an allowed requester "
-            "(intake.allowed_requesters); sender not answered (outside the sender policy)"
+            "remetente não permitido (not an allowed requester): helena.costa@cliente.test; "
+            "veja (see) intake.allowed_requesters; "
+            "remetente não respondido, fora da política de remetentes "
+            "(sender not answered, outside the sender policy)"
         )
         [request] = requests_of(service)
         assert (request.status, request.flags) == ("pending", ["sender_outside_policy"])
@@ -155,9 +157,11 @@ class TestAllowedRequesters:
 
         assert row.outcome == "held"
         assert row.reason == (
-            "sender helena.costa@cliente.test is not an allowed requester "
-            "(intake.allowed_requesters); missing: email, area, access_type; "
-            "sender not answered (outside the sender policy)"
+            "remetente não permitido (not an allowed requester): helena.costa@cliente.test; "
+            "veja (see) intake.allowed_requesters; "
+            "faltam (missing): e-mail, área, tipo de acesso; "
+            "remetente não respondido, fora da política de remetentes "
+            "(sender not answered, outside the sender policy)"
         )
         assert kinds_and_recipients(service) == []
 
@@ -208,57 +212,87 @@ class TestPlainSender:
         [
             (
                 ["From: Big Bug bb@bug.test"],
-                ["From 'Big Bug bb@bug.test' is not one well-formed address"],
+                [
+                    "From não é um endereço bem formado (not one well-formed address): "
+                    "'Big Bug bb@bug.test'"
+                ],
             ),
             (
                 ["From: x@evil.test helena.costa@cliente.test"],
-                ["From 'x@evil.test helena.costa@cliente.test' is not one well-formed address"],
+                [
+                    "From não é um endereço bem formado (not one well-formed address): "
+                    "'x@evil.test helena.costa@cliente.test'"
+                ],
             ),
             (
                 ['From: "Helena" <helena.costa@cliente.test>:<x@evil.test>'],
                 [
-                    "From '\"Helena\" <helena.costa@cliente.test>:<x@evil.test>' is not one "
-                    "well-formed address"
+                    "From não é um endereço bem formado (not one well-formed address): "
+                    "'\"Helena\" <helena.costa@cliente.test>:<x@evil.test>'"
                 ],
             ),
             (
                 ["From: <helena.costa@cliente.test"],
-                ["From '<helena.costa@cliente.test' is not one well-formed address"],
+                [
+                    "From não é um endereço bem formado (not one well-formed address): "
+                    "'<helena.costa@cliente.test'"
+                ],
             ),
             (
                 ["From: x@evil.test, helena.costa@cliente.test"],
-                ["From names 2 addresses: x@evil.test, helena.costa@cliente.test"],
+                [
+                    "2 endereços no From (addresses in From): "
+                    "x@evil.test, helena.costa@cliente.test"
+                ],
             ),
             (
                 ["From: helena.costa@cliente.test", "From : x@evil.test"],
-                ["2 From fields: helena.costa@cliente.test, x@evil.test"],
+                ["2 campos From (From fields): helena.costa@cliente.test, x@evil.test"],
             ),
             (
                 ['From: "helena.costa@cliente.test" <x@evil.test>'],
-                ["the From name shows another address (helena.costa@cliente.test)"],
+                [
+                    "o nome no From mostra outro endereço (the From name shows another "
+                    "address): helena.costa@cliente.test"
+                ],
             ),
             (
                 ["From: =?utf-8?q?helena.costa=40cliente.test?= <x@evil.test>"],
-                ["the From name shows another address (helena.costa@cliente.test)"],
+                [
+                    "o nome no From mostra outro endereço (the From name shows another "
+                    "address): helena.costa@cliente.test"
+                ],
             ),
             (
                 ["From: x@evil.test (helena.costa@cliente.test)"],
-                ["the From name shows another address (helena.costa@cliente.test)"],
+                [
+                    "o nome no From mostra outro endereço (the From name shows another "
+                    "address): helena.costa@cliente.test"
+                ],
             ),
             (
                 ['From: "Helena <helena.costa@cliente.test>" <x@evil.test>'],
-                ["the From name shows another address (helena.costa@cliente.test)"],
+                [
+                    "o nome no From mostra outro endereço (the From name shows another "
+                    "address): helena.costa@cliente.test"
+                ],
             ),
             (
                 ['From: "helena.costa\uff20cliente.test" <x@evil.test>'],
-                ["the From name shows another address (helena.costa@cliente.test)"],
+                [
+                    "o nome no From mostra outro endereço (the From name shows another "
+                    "address): helena.costa@cliente.test"
+                ],
             ),
             (
                 ["From: <@evil.test:helena.costa@cliente.test>"],
-                ["From '<@evil.test:helena.costa@cliente.test>' has an obsolete source route"],
+                [
+                    "From com rota de origem obsoleta (obsolete source route): "
+                    "'<@evil.test:helena.costa@cliente.test>'"
+                ],
             ),
-            (["From: undisclosed-senders:;"], ["From holds no address"]),
-            (["Reply-To: helena.costa@cliente.test"], ["no From field"]),
+            (["From: undisclosed-senders:;"], ["From sem endereço (From holds no address)"]),
+            (["Reply-To: helena.costa@cliente.test"], ["sem campo From (no From field)"]),
         ],
     )
     def test_each_kind_of_unclear_sender_is_named(
@@ -285,8 +319,11 @@ class TestPlainSender:
 
         assert (row.outcome, row.destination) == ("held", "attention")
         assert row.reason == (
-            "sender unclear (the From name shows another address (diretora@cliente.test)): "
-            "a person must check who sent it; sender not answered (outside the sender policy)"
+            "remetente incerto (sender unclear): o nome no From mostra outro endereço "
+            "(the From name shows another address): diretora@cliente.test; "
+            "uma pessoa deve conferir quem enviou (a person must check who sent it); "
+            "remetente não respondido, fora da política de remetentes "
+            "(sender not answered, outside the sender policy)"
         )
         [request] = requests_of(service)
         assert (request.status, request.flags) == ("pending", ["sender_outside_policy"])
@@ -305,7 +342,8 @@ class TestPlainSender:
 
         assert row.outcome == "held"
         assert row.reason.startswith(
-            "sender unclear (2 From fields: helena.costa@cliente.test, x@evil.test)"
+            "remetente incerto (sender unclear): 2 campos From (From fields): "
+            "helena.costa@cliente.test, x@evil.test; "
         )
         [request] = requests_of(service)
         assert request.status == "pending"
@@ -319,7 +357,8 @@ class TestAuthentication:
 
         assert row.outcome == "held"
         assert row.reason.startswith(
-            "no Authentication-Results header from mx.portaria.test; dmarc=pass required"
+            "remetente não autenticado (sender not authenticated): Authentication-Results: "
+            "nenhum de (none from) mx.portaria.test; exigido (required): dmarc=pass"
         )
 
     def test_dmarc_pass_from_our_server_is_accepted(
@@ -346,8 +385,9 @@ class TestAuthentication:
 
         assert row.outcome == "held"
         assert row.reason.startswith(
-            "sender helena.costa@cliente.test not authenticated: mx.portaria.test says "
-            "dmarc=fail; dmarc=pass for cliente.test required"
+            "remetente não autenticado (sender not authenticated): helena.costa@cliente.test; "
+            "mx.portaria.test diz (says) dmarc=fail; exigido para o domínio do remetente "
+            "(required for the sender's domain): dmarc=pass"
         )
 
     def test_a_header_from_another_server_on_top_is_not_believed(
@@ -362,8 +402,10 @@ class TestAuthentication:
 
         assert row.outcome == "held"
         assert row.reason.startswith(
-            "the topmost Authentication-Results is from mx.evil.test, not from our server "
-            "mx.portaria.test; dmarc=pass required"
+            "remetente não autenticado (sender not authenticated): Authentication-Results: "
+            "o do topo é de (the topmost is from) mx.evil.test, "
+            "não do nosso servidor (not from our server) mx.portaria.test; "
+            "exigido (required): dmarc=pass"
         )
 
     @pytest.mark.parametrize(
@@ -423,8 +465,10 @@ class TestFlags:
         assert shown.exit_code == 0, shown.output
         assert "       flags: sender_outside_policy" in shown.output.splitlines()
         assert (
-            "      intake: held: sender helena.costa@cliente.test is not an allowed requester "
-            "(intake.allowed_requesters); sender not answered (outside the sender policy)"
+            "      intake: held: remetente não permitido (not an allowed requester): "
+            "helena.costa@cliente.test; veja (see) intake.allowed_requesters; "
+            "remetente não respondido, fora da política de remetentes "
+            "(sender not answered, outside the sender policy)"
         ) in shown.output.splitlines()
 
 
@@ -451,7 +495,8 @@ class TestAutoApproval:
 
         assert (row.outcome, row.reason) == (
             "request",
-            "approved automatically (auto:trusted-requester): #1",
+            "aprovado automaticamente (approved automatically): #1, "
+            "por (by) auto:trusted-requester",
         )
         ana, bruno, carla = requests_of(service)
         assert (ana.status, ana.decided_by) == ("approved", "auto:trusted-requester")
@@ -537,10 +582,14 @@ class TestAutoApproval:
         )
 
         assert row.reason == (
-            "not approved automatically: helena.costa@cliente.test already got 1 automatic "
-            "answers in the last hour (intake.auto_replies_per_hour = 1); received answer "
-            "suppressed: helena.costa@cliente.test already got 1 automatic answers in the "
-            "last hour (intake.auto_replies_per_hour = 1)"
+            "não aprovado automaticamente (not approved automatically): "
+            "limite de respostas automáticas atingido (automatic answer limit reached): "
+            "helena.costa@cliente.test, 1 na última hora (in the last hour); "
+            "intake.auto_replies_per_hour = 1; "
+            "resposta de recebimento suprimida (received answer suppressed): "
+            "limite de respostas automáticas atingido (automatic answer limit reached): "
+            "helena.costa@cliente.test, 1 na última hora (in the last hour); "
+            "intake.auto_replies_per_hour = 1"
         )
         assert [r.status for r in requests_of(service)] == ["approved", "pending"]
 

@@ -302,7 +302,10 @@ class TestUnreadable:
         with pytest.raises(UnreadableMessage) as raised:
             read_message(raw)
         assert isinstance(raised.value, IntakeError)
-        assert raised.value.reason in ("empty message", "no message header block")
+        assert raised.value.reason in (
+            "mensagem vazia (empty message)",
+            "sem cabeçalho de mensagem (no message header block)",
+        )
 
     def test_headers_only_message_is_readable(self) -> None:
         message = read_message(b"Subject: only headers\r\n")

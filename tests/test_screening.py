@@ -51,7 +51,9 @@ class TestTag:
         ],
     )
     def test_tagged_subjects_are_requests(self, subject: str) -> None:
-        assert screen(message(subject)) == Screening("request", "#ACESSO tag in subject", "tag")
+        assert screen(message(subject)) == Screening(
+            "request", "tag #ACESSO no assunto (#ACESSO tag in subject)", "tag"
+        )
 
     @pytest.mark.parametrize(
         "subject",
@@ -59,7 +61,7 @@ class TestTag:
     )
     def test_untagged_subjects_are_ignored(self, subject: str) -> None:
         assert screen(message(subject)) == Screening(
-            "ignored", "no #ACESSO tag in subject", "untagged"
+            "ignored", "sem a tag #ACESSO no assunto (no #ACESSO tag in subject)", "untagged"
         )
 
     def test_has_tag(self) -> None:
@@ -70,36 +72,50 @@ class TestTag:
 
     def test_custom_tag(self) -> None:
         assert screen(message("#USUARIO novo"), tag="#USUARIO").outcome == "request"
-        assert screen(message("#ACESSO"), tag="#USUARIO").reason == "no #USUARIO tag in subject"
+        assert (
+            screen(message("#ACESSO"), tag="#USUARIO").reason
+            == "sem a tag #USUARIO no assunto (no #USUARIO tag in subject)"
+        )
 
 
 class TestAutomaticMail:
     @pytest.mark.parametrize(
         ("headers", "reason"),
         [
-            ("Auto-Submitted: auto-replied\r\n", "auto-reply (Auto-Submitted: auto-replied)"),
-            ("Auto-Submitted: auto-generated\r\n", "auto-reply (Auto-Submitted: auto-generated)"),
-            ("X-Autoreply: yes\r\n", "auto-reply (X-Autoreply: yes)"),
-            ("X-Autorespond: vacation\r\n", "auto-reply (X-Autorespond: vacation)"),
+            (
+                "Auto-Submitted: auto-replied\r\n",
+                "resposta automática (auto-reply): Auto-Submitted: auto-replied",
+            ),
+            (
+                "Auto-Submitted: auto-generated\r\n",
+                "resposta automática (auto-reply): Auto-Submitted: auto-generated",
+            ),
+            ("X-Autoreply: yes\r\n", "resposta automática (auto-reply): X-Autoreply: yes"),
+            (
+                "X-Autorespond: vacation\r\n",
+                "resposta automática (auto-reply): X-Autorespond: vacation",
+            ),
             (
                 "X-MS-Exchange-Inbox-Rules-Loop: ana@example.com.br\r\n",
-                "auto-reply (X-MS-Exchange-Inbox-Rules-Loop: ana@example.com.br)",
+                "resposta automática (auto-reply): X-MS-Exchange-Inbox-Rules-Loop: "
+                "ana@example.com.br",
             ),
-            ("Precedence: bulk\r\n", "bulk mail (Precedence: bulk)"),
-            ("Precedence: list\r\n", "bulk mail (Precedence: list)"),
-            ("Precedence: junk\r\n", "bulk mail (Precedence: junk)"),
+            ("Precedence: bulk\r\n", "e-mail em massa (bulk mail): Precedence: bulk"),
+            ("Precedence: list\r\n", "e-mail em massa (bulk mail): Precedence: list"),
+            ("Precedence: junk\r\n", "e-mail em massa (bulk mail): Precedence: junk"),
             (
                 "List-Id: <cs.lists.example.com.br>\r\n",
-                "mailing list (List-Id: <cs.lists.example.com.br>)",
+                "lista de discussão (mailing list): List-Id: <cs.lists.example.com.br>",
             ),
             (
                 "List-Unsubscribe: <mailto:unsubscribe@example.com>\r\n",
-                "mailing list (List-Unsubscribe: <mailto:unsubscribe@example.com>)",
+                "lista de discussão (mailing list): List-Unsubscribe: "
+                "<mailto:unsubscribe@example.com>",
             ),
-            ("Return-Path: <>\r\n", "delivery report (Return-Path: <>)"),
+            ("Return-Path: <>\r\n", "relatório de entrega (delivery report): Return-Path: <>"),
             (
                 "X-Failed-Recipients: a@example.com\r\n",
-                "delivery report (X-Failed-Recipients: a@example.com)",
+                "relatório de entrega (delivery report): X-Failed-Recipients: a@example.com",
             ),
         ],
     )
@@ -141,7 +157,10 @@ class TestAutomaticMail:
 
     def test_out_of_office_subject_reason(self) -> None:
         assert screen(message("Ausente: #ACESSO")) == Screening(
-            "ignored", "auto-reply (subject starts with 'ausente:')", "auto-reply"
+            "ignored",
+            "resposta automática (auto-reply): "
+            "assunto começa com (subject starts with) 'ausente:'",
+            "auto-reply",
         )
 
     @pytest.mark.parametrize(
@@ -159,12 +178,16 @@ class TestAutomaticMail:
 
     def test_outlook_auto_reply_fixture(self) -> None:
         assert screen(fixture("outlook_auto_reply.eml")) == Screening(
-            "ignored", "auto-reply (Auto-Submitted: auto-generated)", "auto-reply"
+            "ignored",
+            "resposta automática (auto-reply): Auto-Submitted: auto-generated",
+            "auto-reply",
         )
 
     def test_delivery_report_fixture(self) -> None:
         assert screen(fixture("bounce_report.eml")) == Screening(
-            "ignored", "delivery report (Content-Type: multipart/report)", "delivery report"
+            "ignored",
+            "relatório de entrega (delivery report): Content-Type: multipart/report",
+            "delivery report",
         )
 
 
@@ -175,12 +198,14 @@ class TestOwnMessages:
             own_addresses=frozenset({"portaria@example.com.br"}),
         )
         assert decision == Screening(
-            "ignored", "own message (from portaria@example.com.br)", "own message"
+            "ignored", "mensagem nossa (own message): From: portaria@example.com.br", "own message"
         )
 
     def test_loop_header(self) -> None:
         decision = screen(message(headers="X-Portaria-Loop: 1\r\n"))
-        assert decision == Screening("ignored", "own message (X-Portaria-Loop: 1)", "own message")
+        assert decision == Screening(
+            "ignored", "mensagem nossa (own message): X-Portaria-Loop: 1", "own message"
+        )
 
     def test_message_id_made_by_our_outbox(self) -> None:
         decision = screen(
@@ -188,7 +213,10 @@ class TestOwnMessages:
             own_message_id_domain="portaria.example.com.br",
         )
         assert decision == Screening(
-            "ignored", "own message (Message-ID on portaria.example.com.br)", "own message"
+            "ignored",
+            "mensagem nossa (own message): "
+            "Message-ID do domínio (on domain) portaria.example.com.br",
+            "own message",
         )
 
     def test_a_colleague_on_our_domain_is_still_a_requester(self) -> None:
@@ -237,27 +265,32 @@ class TestPolicyIsData:
         (
             "no-reply@operadora.test",
             "#ACESSO",
-            "automated sender (sender no-reply@operadora.test)",
+            "remetente automático (automated sender): "
+            "enviada por (sent by) no-reply@operadora.test",
         ),
         (
             "NaoResponda@banco.test",
             "RE: #ACESSO",
-            "automated sender (sender naoresponda@banco.test)",
+            "remetente automático (automated sender): "
+            "enviada por (sent by) naoresponda@banco.test",
         ),
         (
             "helena@cliente.test",
             "Ausência temporária: RE: #ACESSO",
-            "auto-reply (subject starts with 'ausencia temporaria:')",
+            "resposta automática (auto-reply): "
+            "assunto começa com (subject starts with) 'ausencia temporaria:'",
         ),
         (
             "relay@cliente.test",
             "RE: #ACESSO pedido (delivery failed)",
-            "delivery report (subject has '(delivery failed)')",
+            "relatório de entrega (delivery report): "
+            "assunto contém (subject has) '(delivery failed)'",
         ),
         (
             "relay@cliente.test",
             "#ACESSO: Mensagem não entregue a ana@x.test",
-            "delivery report (subject has 'mensagem nao entregue')",
+            "relatório de entrega (delivery report): "
+            "assunto contém (subject has) 'mensagem nao entregue'",
         ),
     ],
 )
