@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from config.settings import ConfigError, Settings, config_path, load_settings
@@ -39,6 +39,9 @@ from portaria.console import (
     service_for,
 )
 from portaria.wiring import Service, open_service
+
+# `requests show` right-aligns its bilingual labels to the longest one.
+LABEL_WIDTH = len("decidido por (decided by)")
 
 app = typer.Typer(
     name="portaria",
@@ -225,7 +228,18 @@ def requests_list(
     service = service_for(config)
     with service.sessions() as session:
         requests = list_requests(session, status=status)
-        table = Table("id", "status", "name", "email", "area", "access", "flags", "requester")
+        # Two-line headers keep the table narrow. Nothing is cut short: addresses
+        # and status words keep one line, names, areas and flags wrap around them.
+        table = Table(
+            "id",
+            Column("situação\n(status)", no_wrap=True, min_width=len("incomplete")),
+            Column("nome\n(name)", overflow="fold"),
+            Column("e-mail\n(email)", no_wrap=True, overflow="fold"),
+            Column("área\n(area)", overflow="fold"),
+            Column("acesso\n(access)", no_wrap=True, min_width=len("(access)")),
+            Column("sinais\n(flags)", overflow="fold"),
+            Column("solicitante\n(requester)", no_wrap=True, overflow="fold"),
+        )
         for r in requests:
             table.add_row(
                 str(r.id),
@@ -234,7 +248,8 @@ def requests_list(
                 r.email or "-",
                 r.area or "-",
                 r.access_type or "-",
-                ", ".join(r.flags) or ("missing: " + ", ".join(r.missing) if r.missing else ""),
+                ", ".join(r.flags)
+                or ("faltam (missing): " + ", ".join(r.missing) if r.missing else ""),
                 r.requester_email,
             )
     if not requests:
@@ -257,39 +272,45 @@ def requests_show(request_id: int, config: ConfigOption = None) -> None:
         r = get_request(session, request_id)
         source = session.get(InboundMessage, r.source_message_id) if r.source_message_id else None
         fields = {
-            "id": r.id,
-            "status": r.status,
-            "name": r.name,
-            "email": r.email,
-            "area": r.area,
-            "access type": r.access_type,
-            "missing": ", ".join(r.missing) or None,
-            "problems": "; ".join(
+            "número (id)": r.id,
+            "situação (status)": r.status,
+            "nome (name)": r.name,
+            "e-mail (email)": r.email,
+            "área (area)": r.area,
+            "acesso (access type)": r.access_type,
+            "faltam (missing)": ", ".join(r.missing) or None,
+            "problemas (problems)": "; ".join(
                 describe_problem(field, problem, "pt-BR") for field, problem in r.problems.items()
             )
             or None,
-            "flags": ", ".join(r.flags) or None,
-            "requester": f"{r.requester_name} <{r.requester_email}>".strip(),
-            "message": r.source_message_ref,
-            "subject": r.source_subject,
+            "sinais (flags)": ", ".join(r.flags) or None,
+            "solicitante (requester)": f"{r.requester_name} <{r.requester_email}>".strip(),
+            "mensagem (message)": r.source_message_ref,
+            "assunto (subject)": r.source_subject,
             # Why the message was held or incomplete: what the flags stand for.
-            "intake": f"{source.outcome}: {source.reason}" if source and source.reason else None,
-            "received": r.created_at.isoformat(timespec="seconds"),
-            "decided by": r.decided_by,
-            "decided at": r.decided_at.isoformat(timespec="seconds") if r.decided_at else None,
-            "reason": r.reason,
-            "user id": r.user_id,
+            "entrada (intake)": f"{source.outcome}: {source.reason}"
+            if source and source.reason
+            else None,
+            "recebido (received)": r.created_at.isoformat(timespec="seconds"),
+            "decidido por (decided by)": r.decided_by,
+            "decidido em (decided at)": r.decided_at.isoformat(timespec="seconds")
+            if r.decided_at
+            else None,
+            "motivo (reason)": r.reason,
+            "usuário (user id)": r.user_id,
         }
         for label, value in fields.items():
             if value not in (None, ""):
                 # The intake reason, pt-BR and English, can pass 200 columns: one line each.
-                out.print(f"{label:>12}: {value}", soft_wrap=True)
+                out.print(f"{label:>{LABEL_WIDTH}}: {value}", soft_wrap=True)
         events = events_for(session, "access_request", r.id)
         if events:
-            out.print("   histórico:")
+            out.print(f"{'histórico (history)':>{LABEL_WIDTH}}:")
             for e in events:
                 when = e.at.isoformat(timespec="seconds")
-                out.print(f"              {when} {e.action} por (by) {e.actor} {e.detail or ''}")
+                out.print(
+                    f"{'':>{LABEL_WIDTH}}  {when} {e.action} por (by) {e.actor} {e.detail or ''}"
+                )
 
 
 @requests_app.command("approve")

@@ -124,13 +124,35 @@ def test_show_says_what_was_wrong_with_an_incomplete_request(workdir: Path) -> N
 
     assert code == 0, output
     lines = output.splitlines()
-    assert "      status: incomplete" in lines
-    assert "     missing: email" in lines
+    assert "        situação (status): incomplete" in lines
+    assert "         faltam (missing): email" in lines
     assert (
-        "    problems: E-mail inválido: email ruim@cliente.test (escreva só o endereço, sem "
-        "outras palavras)"
+        "     problemas (problems): E-mail inválido: email ruim@cliente.test "
+        "(escreva só o endereço, sem outras palavras)"
     ) in lines
-    assert "      intake: incomplete: faltam (missing): e-mail" in lines
+    assert "         entrada (intake): incomplete: faltam (missing): e-mail" in lines
+
+
+def test_list_never_cuts_an_address(workdir: Path) -> None:
+    run("init")
+    person = "maria.aparecida.conceicao.albuquerque@unidade-sul.cliente-exemplo.com.br"
+    requester = "coordenacao.regional.atendimento@diretoria-sul.cliente-exemplo.com.br"
+    inbox = mailbox.Maildir(workdir / "var" / "mail" / "inbox")
+    inbox.add(
+        request_message(
+            person_block("Maria Aparecida Conceição", person, "Diretoria de Operações", "Comum")
+            + "\nObservação: urgente, começa segunda",
+            sender=f"Coordenação <{requester}>",
+        )
+    )
+    run("poll", "--once", "--no-send")
+
+    code, output = run("requests", "list")
+
+    assert code == 0, output
+    assert "situação" in output and "(status)" in output
+    row = next(line for line in output.splitlines() if person in line)
+    assert requester in row
 
 
 def test_parse_json_one_file(workdir: Path) -> None:

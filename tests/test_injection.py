@@ -329,8 +329,8 @@ class TestCommandLine:
         result = CliRunner().invoke(app, ["requests", "show", "1", "--config", str(config)])
 
         assert result.exit_code == 0, result.output
-        assert f"        name: {TEMPLATE_NAME}" in result.output.splitlines()
-        assert "        area: <b>RH</b>" in result.output.splitlines()
+        assert f"              nome (name): {TEMPLATE_NAME}" in result.output.splitlines()
+        assert "              área (area): <b>RH</b>" in result.output.splitlines()
 
     def test_rich_markup_in_an_area_is_printed_as_text(self, config: Path) -> None:
         self.take(config, person_block("Ana Lima", "ana@cliente.test", "Financeiro [/]", "Comum"))

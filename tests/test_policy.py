@@ -463,9 +463,9 @@ class TestFlags:
         row = next(line for line in listed.output.splitlines() if "ana.lima@cliente.test" in line)
         assert "sender_outside_policy" in row
         assert shown.exit_code == 0, shown.output
-        assert "       flags: sender_outside_policy" in shown.output.splitlines()
+        assert "           sinais (flags): sender_outside_policy" in shown.output.splitlines()
         assert (
-            "      intake: held: remetente não permitido (not an allowed requester): "
+            "         entrada (intake): held: remetente não permitido (not an allowed requester): "
             "helena.costa@cliente.test; veja (see) intake.allowed_requesters; "
             "remetente não respondido, fora da política de remetentes "
             "(sender not answered, outside the sender policy)"
