@@ -223,6 +223,7 @@ def requests_list(
     ] = None,
 ) -> None:
     """Listar os pedidos de acesso, do mais antigo ao mais novo."""
+    from intake.report import missing_reason
     from provisioning.queue import list_requests
 
     service = service_for(config)
@@ -248,8 +249,7 @@ def requests_list(
                 r.email or "-",
                 r.area or "-",
                 r.access_type or "-",
-                ", ".join(r.flags)
-                or ("faltam (missing): " + ", ".join(r.missing) if r.missing else ""),
+                ", ".join(r.flags) or (missing_reason(r.missing) if r.missing else ""),
                 r.requester_email,
             )
     if not requests:
