@@ -500,7 +500,21 @@ def load_settings(
             with file.open("rb") as handle:
                 tomllib.load(handle)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{file}: not valid TOML: {exc}") from exc
+            raise ConfigError(
+                f"{file}: TOML inválido (not valid TOML): {exc}; corrija o arquivo "
+                "(fix the file), o exemplo comentado está em config/portaria.example.toml"
+            ) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{file}: o arquivo não está em UTF-8 (the file is not UTF-8): byte "
+                f"{exc.start}; salve-o como UTF-8 (save it as UTF-8)"
+            ) from exc
+        except OSError as exc:
+            what = "é uma pasta (is a folder)" if file.is_dir() else exc.strerror or str(exc)
+            raise ConfigError(
+                f"{file}: não dá para ler a configuração (cannot read the configuration): "
+                f"{what}; aponte --config / $PORTARIA_CONFIG para o arquivo portaria.toml"
+            ) from exc
         source: Path | None = file
     elif required or named:
         raise ConfigError(
@@ -533,7 +547,7 @@ def load_settings(
 
 def describe_validation_error(exc: ValidationError, file: Path | None) -> str:
     """One line per problem: the dotted key, what was wrong, and where to fix it."""
-    where = f"in {file} or " if file else "in portaria.toml or "
+    where = f"{file} ou (or) " if file else "portaria.toml ou (or) "
     lines = []
     for error in exc.errors():
         location = [str(part) for part in error["loc"]]
@@ -545,21 +559,33 @@ def describe_validation_error(exc: ValidationError, file: Path | None) -> str:
         if (
             isinstance(given, dict)
             and field
-            and field.group(1).split(".")[-1] in (given.keys() | _KEYS)
+            and field.group(1).split(".")[-1] in (given.keys() | _KEYS | _section_keys())
         ):
             location += [p for p in field.group(1).split(".") if p not in location]
             message = message.removeprefix(field.group(1) + ":").strip()
         key = ".".join(location)
         env = "PORTARIA_" + "__".join(part.upper() for part in location)
         if error["type"] == "extra_forbidden":
-            lines.append(f"{key}: chave desconhecida (unknown key); remove it {where}{env}")
+            lines.append(
+                f"{key}: chave desconhecida (unknown key); tire-a de (remove it from) {where}{env}"
+            )
             continue
         shown = "" if isinstance(given, dict) or "password" in key else f" (got {given!r})"
-        lines.append(f"{key}: {message}{shown}; set it {where}{env}")
+        lines.append(f"{key}: {message}{shown}; corrija em (set it in) {where}{env}")
     return "configuração inválida (invalid configuration):\n  " + "\n  ".join(lines)
 
 
 _KEYS = {"host", "username", "password", "password_file", "token_command", "token_file"}
+
+
+def _section_keys() -> set[str]:
+    """Every key of every section: a check across keys names one of them first."""
+    keys: set[str] = set()
+    for field in Settings.model_fields.values():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            keys |= set(section.model_fields)
+    return keys
 
 
 def settings_as_dict(settings: Settings) -> dict[str, Any]:

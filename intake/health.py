@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # Fragments of the intake's own error messages (intake/sources.py), first
 # match wins, and the kind of failure each one means.
 FAILURE_KINDS: tuple[tuple[str, str], ...] = (
+    # First: a local Maildir's errors also say "does not exist".
+    ("Maildir", "maildir"),
     ("no access token", "token"),
     ("refused the OAuth2 login", "token"),
     ("does not offer AUTH=XOAUTH2", "login"),
@@ -49,7 +51,6 @@ FAILURE_KINDS: tuple[tuple[str, str], ...] = (
     ("does not offer STARTTLS", "tls"),
     ("does not exist", "folder"),
     ("opened read-only", "folder"),
-    ("Maildir", "maildir"),
 )
 
 # What a person should do about each kind of failure, pt-BR first.

@@ -144,6 +144,9 @@ def receive(
         row.reason = (
             "mensagem repetida (duplicate): mesmo Message-ID e conteúdo da mensagem "
             f"(same Message-ID and content as message) {original.id}"
+            if row.message_id
+            else "mensagem repetida (duplicate): mesmos bytes da mensagem "
+            f"(same bytes as message) {original.id}, sem Message-ID (no Message-ID)"
         )
         session.flush()
         log.info("message %s (%s) is a copy of message %s", row.id, key, original.id)

@@ -78,8 +78,20 @@ def service_for(config: Path | None) -> Service:
 
 
 def actor(by: str | None) -> str:
-    """Who a decision is recorded as: --by, else the operating-system login."""
-    return by or f"cli:{getpass.getuser()}"
+    """Who a decision is recorded as: --by (a person's address), else the system login.
+
+    ``cli:`` and ``auto:`` name the system itself in the audit trail; a --by
+    that could pass for one of them would let anyone sign as the policy.
+    """
+    if by is None:
+        return f"cli:{getpass.getuser()}"
+    by = by.strip()
+    if "@" not in by or by.startswith(("cli:", "auto:")) or any(c.isspace() for c in by):
+        raise CommandError(
+            f"--by {by!r}: informe o e-mail de quem age (give the email address of who acts), "
+            "ex. --by suporte@empresa.com.br"
+        )
+    return by.lower()
 
 
 def reference_day(text: str | None) -> date | None:

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from config.settings import Settings
 from portaria import outbox
 from portaria.db import utcnow
+from portaria.letters import single_line
 from portaria.outbox import check_recipient
 from provisioning import audit
 from provisioning.directory import (
@@ -114,7 +115,10 @@ def check_decider(session: Session, actor: str) -> None:
     user = find_user(session, actor)
     if user is None or not user.active or user.role != "admin":
         raise ProvisioningError(
-            f"só um Admin ativo pode decidir (only an active Admin may decide): {actor} não é"
+            f"só um Admin ativo pode decidir (only an active Admin may decide): {actor} não é "
+            "Admin ativo (is not an active Admin); veja (see) `portaria users list`, ou rode sem "
+            "--by (or run without --by) para decidir como o login do servidor (to decide as the "
+            "server login)"
         )
 
 
@@ -253,8 +257,21 @@ def add_user(
     """An admin adds a user directly: created, audited, welcomed with a set-password link."""
     check_decider(session, actor)
     checked = check_recipient(email)
-    if not name.strip():
+    # Typed by a person, but shown in emails and tables like a requested name:
+    # one line, within what the directory keeps.
+    name, area = single_line(name), single_line(area)
+    if not name:
         raise ProvisioningError("informe o nome (name is required)")
+    for label, value, column in (
+        ("nome (name)", name, User.name),
+        ("área (area)", area, User.area),
+    ):
+        limit = column.type.length
+        if len(value) > limit:
+            raise ProvisioningError(
+                f"{label} longo demais (too long): {len(value)} caracteres, máximo (at most) "
+                f"{limit}"
+            )
     user = create_user(
         session, name=name, email=checked, area=area, role=role, created_via="admin"
     )

@@ -67,6 +67,77 @@ def test_unknown_setting_is_refused(workdir: Path) -> None:
     assert "mailbox.hots" in output
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"\xff\xfe garbage", "o arquivo não está em UTF-8 (the file is not UTF-8): byte 0"),
+        (b"[mailbox\n", "TOML inválido (not valid TOML): Expected ']'"),
+        (None, "não dá para ler a configuração (cannot read the configuration): é uma pasta"),
+    ],
+)
+def test_an_unreadable_config_file_is_named_without_a_traceback(
+    workdir: Path, content: bytes | None, expected: str
+) -> None:
+    config = workdir / "portaria.toml"
+    if content is None:
+        config.mkdir()
+    else:
+        config.write_bytes(content)
+
+    code, output = run("status", "--config", str(config))
+
+    assert code == 2
+    assert expected in output
+    assert "Traceback" not in output
+
+
+def test_a_cross_key_error_names_the_key_and_its_variable(workdir: Path) -> None:
+    (workdir / "portaria.toml").write_text('[intake]\nrequire_authentication = ["dmarc"]\n')
+
+    code, output = run("status")
+
+    assert code == 2
+    assert "intake.authserv_id: authserv_id is required" in output
+    assert output.rstrip().endswith("PORTARIA_INTAKE__AUTHSERV_ID")
+
+
+@pytest.mark.parametrize("by", ["auto:trusted-requester", "cli:someone", "suporte", "a b@c.test"])
+def test_by_must_be_an_address_not_a_system_name(workdir: Path, by: str) -> None:
+    run("init")
+    inbox = mailbox.Maildir(workdir / "var" / "mail" / "inbox")
+    inbox.add(request_message(person_block("Ana Lima", "ana@cliente.test", "RH", "Admin")))
+    run("poll", "--once", "--no-send")
+
+    code, output = run("requests", "approve", "1", "--by", by)
+
+    assert code == 1
+    assert f"--by {by!r}: informe o e-mail de quem age" in output
+    code, output = run("requests", "show", "1")
+    assert "situação (status): pending" in output
+
+
+def test_users_add_keeps_names_on_one_line_and_within_limits(workdir: Path) -> None:
+    run("init")
+
+    code, output = run(
+        "users",
+        "add",
+        "Evil\r\nBcc: x@evil.test",
+        "evil@cliente.test",
+        "--area",
+        "a\r\nb",
+        "--role",
+        "comum",
+    )
+    assert code == 0, output
+    code, output = run("users", "list")
+    assert "Evil Bcc: x@evil.test" in output and "a b" in output
+
+    code, output = run("users", "add", "N" * 201, "longo@cliente.test", "--role", "comum")
+    assert code == 1
+    assert "nome (name) longo demais (too long): 201 caracteres, máximo (at most) 200" in output
+
+
 def test_commands_before_init_say_what_to_do(workdir: Path) -> None:
     code, output = run("requests", "list")
 

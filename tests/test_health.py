@@ -257,6 +257,11 @@ class TestFailureKinds:
                 "Maildir /srv/in: cannot create it: Permission denied; check mailbox.maildir",
                 "maildir",
             ),
+            (
+                "Maildir /srv/in não existe (does not exist); corrija mailbox.maildir ou rode "
+                "(run) `portaria init`",
+                "maildir",
+            ),
             (None, "connection"),
         ],
     )

@@ -121,7 +121,7 @@ class TestSettings:
         assert problem(raised.value) == (
             "mailbox.auth: auth = 'oauth2' needs oauth2.token_command or "
             "oauth2.token_file (e.g. oauth2 = { token_file = '/run/portaria/token' }); "
-            f"set it in {file} or PORTARIA_MAILBOX__AUTH"
+            f"corrija em (set it in) {file} ou (or) PORTARIA_MAILBOX__AUTH"
         )
 
     def test_both_token_sources_are_refused(self, tmp_path: Path) -> None:
@@ -136,7 +136,7 @@ class TestSettings:
 
         assert problem(raised.value) == (
             "outbound.oauth2: set token_command or token_file, "
-            f"not both; set it in {file} or PORTARIA_OUTBOUND__OAUTH2"
+            f"not both; corrija em (set it in) {file} ou (or) PORTARIA_OUTBOUND__OAUTH2"
         )
 
     def test_smtp_oauth2_needs_a_username(self, tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ class TestSettings:
 
         assert problem(raised.value) == (
             "outbound.username: username is required when auth = 'oauth2'; "
-            f"set it in {file} or PORTARIA_OUTBOUND__USERNAME"
+            f"corrija em (set it in) {file} ou (or) PORTARIA_OUTBOUND__USERNAME"
         )
 
     def test_unknown_auth_is_refused(self) -> None:
