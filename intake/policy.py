@@ -365,16 +365,12 @@ def _counts(result: AuthenticationResult, from_domain: str) -> bool:
     """A pass that vouches for the From domain."""
     if result.result != "pass":
         return False
-    props = result.properties
-    if result.method == "dmarc":
-        # DMARC is evaluated for the From domain; an explicit header.from must agree.
-        return "header.from" not in props or _aligned(props["header.from"], from_domain)
-    if result.method == "dkim":
-        signer = props.get("header.d") or _domain_of(props.get("header.i", ""))
-        return _aligned(signer, from_domain)
-    if result.method == "spf":
-        return _aligned(_domain_of(props.get("smtp.mailfrom", "")), from_domain)
-    return False
+    if result.method == "dmarc" and "header.from" not in result.properties:
+        return True  # DMARC is evaluated for the From domain itself
+    if result.method not in ("dmarc", "dkim", "spf"):
+        return False
+    # An explicit domain must agree with the From domain.
+    return _aligned(_vouched_domain(result), from_domain)
 
 
 def authentication(message: ReadMessage, intake: IntakeSettings) -> Verdict | None:
@@ -404,14 +400,29 @@ def authentication(message: ReadMessage, intake: IntakeSettings) -> Verdict | No
     for result in top.results:
         if result.method in required and _counts(result, from_domain):
             return None
-    seen = ", ".join(
-        f"{r.method}={r.result}" for r in top.results if r.method in ("dmarc", "dkim", "spf")
-    )
+    seen = ", ".join(_result_shown(r) for r in top.results if r.method in ("dmarc", "dkim", "spf"))
     return Verdict(
         "authentication",
         f"{NOT_AUTHENTICATED}: {_sender(message)}; {trusted} diz (says) "
         f"{seen or 'nada (nothing)'}; {_wanted(required, for_sender=True)}",
     )
+
+
+def _vouched_domain(result: AuthenticationResult) -> str:
+    """The domain a result speaks for, as `_counts` aligns it with the From domain."""
+    props = result.properties
+    if result.method == "dmarc":
+        return props.get("header.from", "")
+    if result.method == "dkim":
+        return props.get("header.d") or _domain_of(props.get("header.i", ""))
+    return _domain_of(props.get("smtp.mailfrom", ""))
+
+
+def _result_shown(result: AuthenticationResult) -> str:
+    """'dkim=pass para (for) evil.test': a pass for another domain says so."""
+    domain = _vouched_domain(result)
+    shown = f"{result.method}={result.result}"
+    return f"{shown} para (for) {domain}" if domain else shown
 
 
 def _wanted(required: Sequence[str], *, for_sender: bool = False) -> str:

@@ -22,6 +22,7 @@ rather than a guess made. What they refuse, by kind:
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,8 +194,23 @@ def _is_address(candidate: str) -> bool:
             return False
         if not all(char.isalnum() or char == "-" for char in label):
             return False
+        if len(_scripts(label)) > 1:
+            return False
     top = labels[-1]
     return (top.isalpha() and len(top) >= 2) or top.startswith("xn--")
+
+
+def _scripts(label: str) -> set[str]:
+    """The writing systems of a domain label's letters ("LATIN", "CYRILLIC", ...).
+
+    A label mixing two of them ("clіente" with a Cyrillic і) is how a look-alike
+    domain passes for a real one; accented Latin ("ação") is one script.
+    """
+    return {
+        unicodedata.name(char, "?").split(" ", 1)[0]
+        for char in label
+        if char.isalpha() and not char.isascii()
+    } | ({"LATIN"} if any(char.isascii() and char.isalpha() for char in label) else set())
 
 
 def _checked_options(value: str) -> list[str] | None:

@@ -386,9 +386,21 @@ class TestAuthentication:
         assert row.outcome == "held"
         assert row.reason.startswith(
             "remetente não autenticado (sender not authenticated): helena.costa@cliente.test; "
-            "mx.portaria.test diz (says) dmarc=fail; exigido para o domínio do remetente "
+            "mx.portaria.test diz (says) dmarc=fail para (for) cliente.test; exigido para o "
+            "domínio do remetente "
             "(required for the sender's domain): dmarc=pass"
         )
+
+    def test_a_pass_for_another_domain_says_which(
+        self, service: Service, settings: Settings
+    ) -> None:
+        require_dmarc(settings)
+        results = f"{OUR_SERVER}; dmarc=pass header.from=evil.test"
+
+        row = received(service, with_results(request_message(ANA), results))
+
+        assert row.outcome == "held"
+        assert "diz (says) dmarc=pass para (for) evil.test;" in row.reason
 
     def test_a_header_from_another_server_on_top_is_not_believed(
         self, service: Service, settings: Settings
@@ -600,7 +612,7 @@ class TestSettings:
         [
             (
                 'require_authentication = ["dmarc"]',
-                "intake: authserv_id is required with require_authentication",
+                "intake.authserv_id: authserv_id is required with require_authentication",
             ),
             (
                 'trusted_requesters = ["cliente.test"]',

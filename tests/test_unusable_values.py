@@ -72,6 +72,10 @@ class TestEmailValuesThatAreOneAddress:
     def test_address_set_apart_is_read(self, value: str) -> None:
         assert read_email(value) == ("ana@cliente.test", None)
 
+    @pytest.mark.parametrize("value", ["ana@ação.com.br", "ana@пример.рф"])
+    def test_a_domain_in_one_script_is_read(self, value: str) -> None:
+        assert read_email(value) == (value, None)
+
     def test_empty_value_states_nothing(self) -> None:
         assert read_email("  ") == (None, None)
 
@@ -96,6 +100,8 @@ class TestEmailValuesThatAreNot:
             ("ana.lima@", Problem("invalid", "ana.lima@")),
             ("ana @ cliente.test", Problem("invalid", "ana @ cliente.test")),
             ("a confirmar", Problem("invalid", "a confirmar")),
+            # A Cyrillic і among Latin letters: a look-alike of cliente.test.
+            ("ana@cl\u0456ente.test", Problem("invalid", "ana@cl\u0456ente.test")),
             (
                 "ana@cliente.test<mailto:bia@cliente.test>",
                 Problem(
