@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,6 +20,7 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from config.settings import ConfigError, Settings, config_path, load_settings
 from portaria.commands import (
@@ -38,7 +41,11 @@ from portaria.console import (
     out,
     service_for,
 )
+from portaria.errors import PortariaError
+from portaria.locking import BUSY_WAIT_SECONDS, MailHandlingBusy, mail_handling
 from portaria.wiring import Service, open_service
+
+log = logging.getLogger(__name__)
 
 # `requests show` right-aligns its bilingual labels to the longest one.
 LABEL_WIDTH = len("decidido por (decided by)")
@@ -150,21 +157,43 @@ def poll(
         bool,
         typer.Option(help="Enviar os e-mails da fila depois (send due email after, with --once)."),
     ] = True,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Segundos de espera se outro processo estiver lendo ou enviando, com --once "
+            "(seconds to wait for another process handling mail, with --once).",
+        ),
+    ] = BUSY_WAIT_SECONDS,
 ) -> None:
     """Ler as mensagens #ACESSO novas e enfileirar os pedidos (poll the mailbox)."""
     from intake.poller import Stop, poll_forever, poll_once
 
     service = service_for(config)
     if once:
-        report = poll_once(service.sessions, service.settings)
-        out.print(f"{report.mailbox}: {report.summary()}")
-        if send:
-            _send_outbox(service)
+        # Poll and send are one cycle under one lock, as in the long-running loops.
+        with _database_failures(), mail_handling(service, wait=wait):
+            report = poll_once(service.sessions, service.settings)
+            out.print(f"{report.mailbox}: {report.summary()}")
+            if send:
+                _send_outbox(service)
         return
     stop = Stop()
     stop.install()
     out.print("lendo a caixa de entrada; Ctrl+C para parar (polling; Ctrl+C to stop)")
-    poll_forever(service.sessions, service.settings, stop)
+    # The lock is taken for each poll and waited for as long as it takes, so
+    # commands run by hand get their turn between polls.
+    with _database_failures():
+        try:
+            poll_forever(
+                service.sessions,
+                service.settings,
+                stop,
+                guard=lambda: mail_handling(service, wait=None, stop=stop.event),
+            )
+        except MailHandlingBusy:
+            if not stop.event.is_set():
+                raise
 
 
 @app.command()
@@ -309,7 +338,8 @@ def requests_show(request_id: int, config: ConfigOption = None) -> None:
             for e in events:
                 when = e.at.isoformat(timespec="seconds")
                 out.print(
-                    f"{'':>{LABEL_WIDTH}}  {when} {e.action} por (by) {e.actor} {e.detail or ''}"
+                    f"{'':>{LABEL_WIDTH}}  {when} {e.action} por (by) {e.actor} "
+                    + ", ".join(f"{key}={value}" for key, value in (e.detail or {}).items())
                 )
 
 
@@ -401,7 +431,16 @@ def users_list(
     if not users:
         out.print("nenhum usuário (no users)")
         return
-    table = Table("id", "name", "email", "area", "role", "active", "password", "created via")
+    table = Table(
+        "id",
+        "nome\n(name)",
+        Column("e-mail\n(email)", no_wrap=True, overflow="fold"),
+        Column("área\n(area)", overflow="fold"),
+        "perfil\n(role)",
+        "ativo\n(active)",
+        "senha\n(password)",
+        "criado por\n(created via)",
+    )
     for u in users:
         table.add_row(
             str(u.id),
@@ -479,7 +518,15 @@ def outbox_list(
     if not rows:
         out.print("fila de saída vazia (outbox empty)" + (f": {status}" if status else ""))
         return
-    table = Table("id", "status", "kind", "to", "subject", "tries", "last error")
+    table = Table(
+        "id",
+        "situação\n(status)",
+        "tipo\n(kind)",
+        Column("para\n(to)", overflow="fold"),
+        Column("assunto\n(subject)", overflow="fold"),
+        "tentativas\n(tries)",
+        Column("último erro\n(last error)", overflow="fold"),
+    )
     for row in rows:
         table.add_row(
             str(row.id),
@@ -495,9 +542,42 @@ def outbox_list(
 
 @outbox_app.command("send")
 @friendly
-def outbox_send(config: ConfigOption = None) -> None:
+def outbox_send(
+    config: ConfigOption = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Segundos de espera se outro processo estiver lendo ou enviando "
+            "(seconds to wait for another process handling mail).",
+        ),
+    ] = BUSY_WAIT_SECONDS,
+) -> None:
     """Enviar agora os e-mails que estão na hora."""
-    _send_outbox(service_for(config))
+    service = service_for(config)
+    with _database_failures(), mail_handling(service, wait=wait):
+        _send_outbox(service)
+
+
+class DatabaseFailure(PortariaError):
+    """The database failed in the middle of a command (locked for too long, connection lost)."""
+
+
+@contextmanager
+def _database_failures() -> Iterator[None]:
+    """An unexpected database error as one line; ``--debug`` logs the whole of it."""
+    try:
+        yield
+    except SQLAlchemyError as exc:
+        log.debug("database failure", exc_info=True)
+        # The driver's first line only: the full error quotes the SQL and its
+        # parameters, which hold message content.
+        orig = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else ""
+        reason = orig.splitlines()[0] if orig else type(exc).__name__
+        raise DatabaseFailure(
+            f"falha no banco de dados (database failure): {reason}; o que já foi gravado "
+            "fica, rode o comando de novo (what was saved stays; run the command again)"
+        ) from None
 
 
 def _send_outbox(service: Service) -> None:
@@ -529,7 +609,12 @@ def outbox_bounced(config: ConfigOption = None) -> None:
     if not rows:
         out.print("nenhum endereço devolvido (no bounced addresses)")
         return
-    table = Table("email", "bounces", "last", "reason")
+    table = Table(
+        Column("e-mail", no_wrap=True, overflow="fold"),
+        "devoluções\n(bounces)",
+        "última\n(last)",
+        Column("motivo\n(reason)", overflow="fold"),
+    )
     for row in rows:
         table.add_row(
             row.email, str(row.bounces), row.last_at.isoformat(timespec="minutes"), row.last_reason
