@@ -20,6 +20,7 @@ import signal
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -305,6 +306,7 @@ def poll_forever(
     rng: random.Random | None = None,
     after_commit: Callable[[Sequence[InboundMessage]], None] | None = None,
     after_poll: Callable[[PollReport], None] | None = None,
+    guard: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> None:
     """Poll until stopped: IMAP IDLE when offered, else every poll_interval seconds.
 
@@ -315,6 +317,8 @@ def poll_forever(
     interrupted is read again. ``sleep`` waits out that delay (default: the stop
     event, so SIGTERM cuts it short) and ``rng`` draws its jitter; with
     ``after_commit`` and ``after_poll`` tests can act between the steps.
+    ``guard()`` is held around each poll and not while waiting for mail: the
+    CLI passes the mail-handling lock, so commands run by hand get their turn.
     """
     pause = sleep or stop.event.wait
     failures = 0
@@ -331,8 +335,9 @@ def poll_forever(
                         failures,
                     )
                 while True:
-                    report = _poll(sessions, settings, source, after_commit)
-                    _remember(sessions, settings, source.identity, result=report.summary())
+                    with guard():
+                        report = _poll(sessions, settings, source, after_commit)
+                        _remember(sessions, settings, source.identity, result=report.summary())
                     failures = 0
                     if after_poll is not None:
                         after_poll(report)

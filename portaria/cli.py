@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +18,6 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from config.settings import ConfigError, Settings, config_path, load_settings
 from portaria.commands import (
@@ -41,7 +38,6 @@ from portaria.console import (
     out,
     service_for,
 )
-from portaria.errors import PortariaError
 from portaria.locking import BUSY_WAIT_SECONDS, MailHandlingBusy, mail_handling
 from portaria.wiring import Service, open_service
 
@@ -172,7 +168,7 @@ def poll(
     service = service_for(config)
     if once:
         # Poll and send are one cycle under one lock, as in the long-running loops.
-        with _database_failures(), mail_handling(service, wait=wait):
+        with mail_handling(service, wait=wait):
             report = poll_once(service.sessions, service.settings)
             out.print(f"{report.mailbox}: {report.summary()}")
             if send:
@@ -183,17 +179,16 @@ def poll(
     out.print("lendo a caixa de entrada; Ctrl+C para parar (polling; Ctrl+C to stop)")
     # The lock is taken for each poll and waited for as long as it takes, so
     # commands run by hand get their turn between polls.
-    with _database_failures():
-        try:
-            poll_forever(
-                service.sessions,
-                service.settings,
-                stop,
-                guard=lambda: mail_handling(service, wait=None, stop=stop.event),
-            )
-        except MailHandlingBusy:
-            if not stop.event.is_set():
-                raise
+    try:
+        poll_forever(
+            service.sessions,
+            service.settings,
+            stop,
+            guard=lambda: mail_handling(service, wait=None, stop=stop.event),
+        )
+    except MailHandlingBusy:
+        if not stop.event.is_set():
+            raise
 
 
 @app.command()
@@ -555,29 +550,8 @@ def outbox_send(
 ) -> None:
     """Enviar agora os e-mails que estão na hora."""
     service = service_for(config)
-    with _database_failures(), mail_handling(service, wait=wait):
+    with mail_handling(service, wait=wait):
         _send_outbox(service)
-
-
-class DatabaseFailure(PortariaError):
-    """The database failed in the middle of a command (locked for too long, connection lost)."""
-
-
-@contextmanager
-def _database_failures() -> Iterator[None]:
-    """An unexpected database error as one line; ``--debug`` logs the whole of it."""
-    try:
-        yield
-    except SQLAlchemyError as exc:
-        log.debug("database failure", exc_info=True)
-        # The driver's first line only: the full error quotes the SQL and its
-        # parameters, which hold message content.
-        orig = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else ""
-        reason = orig.splitlines()[0] if orig else type(exc).__name__
-        raise DatabaseFailure(
-            f"falha no banco de dados (database failure): {reason}; o que já foi gravado "
-            "fica, rode o comando de novo (what was saved stays; run the command again)"
-        ) from None
 
 
 def _send_outbox(service: Service) -> None:

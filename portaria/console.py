@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import getpass
+import logging
 import sys
 from collections.abc import Callable
 from datetime import date
@@ -13,12 +14,15 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.markup import escape
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from config.settings import ConfigError, load_settings
 from engine.customers import parse_date
 from engine.errors import InvalidCustomerValue
 from portaria.errors import PortariaError
 from portaria.wiring import Service, open_service
+
+log = logging.getLogger(__name__)
 
 # Piped or captured output is read by scripts and people's pagers: tables there
 # must not be cut at 80 columns, so only a real terminal sets the width.
@@ -45,7 +49,8 @@ class CommandError(PortariaError):
 
 
 def friendly(command: F) -> F:
-    """Turn domain and configuration errors into one line on stderr and a non-zero exit."""
+    """Turn domain, configuration and database errors into one line on stderr and a
+    non-zero exit; ``--debug`` logs the whole database error."""
 
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
@@ -59,6 +64,19 @@ def friendly(command: F) -> F:
             raise typer.Exit(2) from None
         except PortariaError as exc:
             err.print(f"[bold red]erro (error):[/] {escape(str(exc))}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        except SQLAlchemyError as exc:
+            log.debug("database failure", exc_info=True)
+            # The driver's first line only: the full error quotes the SQL and its
+            # parameters, which hold message content.
+            orig = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else ""
+            reason = orig.splitlines()[0] if orig else type(exc).__name__
+            err.print(
+                "[bold red]erro (error):[/] falha no banco de dados (database failure): "
+                f"{escape(reason)}; o que já foi gravado fica, rode o comando de novo "
+                "(what was saved stays; run the command again)",
+                soft_wrap=True,
+            )
             raise typer.Exit(1) from None
         except OverflowError:
             # Only an id past the database's 64-bit integers gets here.

@@ -1044,7 +1044,8 @@ class TestCommands:
             0,
             "nenhum endereço descadastrado (no unsubscribed addresses)\n",
         )
-        assert cli("rules", "unsubscribe", " Compras@Acme.com.br", "--by", "suporte:ana") == (
+        unsubscribe = ("rules", "unsubscribe", " Compras@Acme.com.br")
+        assert cli(*unsubscribe, "--by", "ana.suporte@portaria.test") == (
             0,
             "Descadastrado (unsubscribed): compras@acme.com.br; nenhuma regra enviará "
             "e-mail a ele\n",
@@ -1063,11 +1064,13 @@ class TestCommands:
         assert code == 0
         [row] = [line for line in output.splitlines() if "compras@acme.com.br" in line]
         assert re.fullmatch(
-            r"│ compras@acme\.com\.br │ \d\d/\d\d/\d{4} \d\d:\d\d │ suporte:ana\s+│", row
+            r"│ compras@acme\.com\.br │ \d\d/\d\d/\d{4} \d\d:\d\d "
+            r"│ ana\.suporte@portaria\.test\s+│",
+            row,
         )
         with world.sessions() as session:
             assert [(u.email, u.source) for u in session.scalars(select(Unsubscribe))] == [
-                ("compras@acme.com.br", "suporte:ana")
+                ("compras@acme.com.br", "ana.suporte@portaria.test")
             ]
 
     def test_preview_of_an_email_nobody_would_get(

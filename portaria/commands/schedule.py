@@ -2,7 +2,8 @@
 
 Two plain functions with Typer-annotated parameters; the CLI registers them as
 top-level commands. This is the composition root of the scheduler: it builds
-the jobs (outbox, and intake when asked), which the engine cannot import.
+the jobs (outbox, and intake when asked), which the engine cannot import,
+and runs each of them under the mail-handling lock (:mod:`portaria.locking`).
 Each rule run is printed on standard output as one line (:func:`run_line`),
 with or without ``-v``: a person watching the process sees the runs, and the
 log level stays for diagnosing.
@@ -32,6 +33,8 @@ from engine.scheduler import (
 from portaria.commands.rules import RUN_LABELS
 from portaria.console import ConfigOption, friendly, out, service_for
 from portaria.db import utcnow
+from portaria.locking import MailHandlingBusy, mail_handling
+from portaria.wiring import Service
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,26 @@ def intake_job(sessions: sessionmaker[Session], settings: Settings) -> Job:
         return f"{report.mailbox}: {report.summary()}"
 
     return Job("intake", timedelta(seconds=settings.mailbox.poll_interval), work)
+
+
+def mail_job(job: Job, service: Service, stop: threading.Event) -> Job:
+    """``job`` done under the mail-handling lock, waited for as long as it takes.
+
+    The lock is held for one run of the job only, so commands run by hand get
+    their turn between runs. A stop while waiting skips the run; its slot is
+    claimed already, so the next start does it.
+    """
+
+    def work(now: datetime) -> str:
+        try:
+            with mail_handling(service, wait=None, stop=stop):
+                return job.work(now)
+        except MailHandlingBusy:
+            if not stop.is_set():
+                raise
+            return "não executado, parando (skipped: stopping)"
+
+    return Job(job.name, job.every, work)
 
 
 def run_line(summary: RunSummary, zone: str, at: datetime) -> str:
@@ -91,6 +114,7 @@ def schedule_command(
     if with_intake:
         jobs.append(intake_job(service.sessions, service.settings))
     stop = threading.Event()
+    jobs = [mail_job(job, service, stop) for job in jobs]
     install_stop_signals(stop)
     scheduler = Scheduler(
         service.sessions,
@@ -122,8 +146,17 @@ def run_command(
 
     def intake() -> None:
         try:
-            poll_forever(service.sessions, service.settings, stop)
-        except Exception:  # without intake the process is half-alive; stop all to be restarted
+            # The lock is taken for each poll, as the outbox job takes it for
+            # each pass: the two threads, and commands run by hand, take turns.
+            poll_forever(
+                service.sessions,
+                service.settings,
+                stop,
+                guard=lambda: mail_handling(service, wait=None, stop=stop.event),
+            )
+        except Exception as exc:  # without intake the process is half-alive; stop all
+            if isinstance(exc, MailHandlingBusy) and stop.event.is_set():
+                return  # stopped while waiting for the lock: nothing was started
             log.exception("intake stopped unexpectedly; stopping the scheduler too")
             stop.event.set()
 
@@ -132,7 +165,7 @@ def run_command(
     scheduler = Scheduler(
         service.sessions,
         service.settings,
-        jobs=[outbox_job(service.sessions, service.settings)],
+        jobs=[mail_job(outbox_job(service.sessions, service.settings), service, stop.event)],
         stop=stop.event,
         on_run=_printer(service.settings),
     )
