@@ -2,8 +2,8 @@
 
 This module owns everything between the bytes of a message and decoded text:
 the header block, header decoding (RFC 2047 encoded words, undeclared 8-bit
-bytes), addresses, the body text (text/plain, or HTML turned into text) and
-attachments. It does no I/O besides the bytes it is given.
+bytes), addresses, the body text (text/plain, or the text of the HTML that a
+reader can see) and attachments. It does no I/O besides the bytes it is given.
 
 The header block is parsed here, from the raw bytes, on every read; the MIME
 body is parsed by mail-parser only when a body property is first used, and
@@ -36,6 +36,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property, lru_cache
+from typing import NamedTuple
 
 import mailparser
 
@@ -148,6 +149,23 @@ PLAIN_STUB_MAX_CHARS = 400
 CSV_CONTENT_TYPES = frozenset(
     {"text/csv", "application/csv", "text/comma-separated-values", "text/x-csv"}
 )
+# Text types that hold data for a program, not a message for a person. When a
+# body has no plain or HTML text, its parts of other text types are read as
+# plain text, as RFC 2046 4.1.4 asks of subtypes a reader does not know.
+TEXT_DATA_TYPES = CSV_CONTENT_TYPES | {
+    "text/rfc822-headers",
+    "text/x-amp-html",
+    "text/calendar",
+    "text/x-vcalendar",
+    "text/vcard",
+    "text/x-vcard",
+    "text/directory",
+    "text/rtf",
+    "text/richtext",
+    "text/xml",
+    "text/css",
+    "text/javascript",
+}
 
 _LINE_END = re.compile(rb"\r\n|\n|\r")
 _FIELD_LINE = re.compile(rb"([!-9;-~]+)[ \t]*:(.*)")
@@ -524,13 +542,31 @@ def _message_ids(value: str | None) -> list[str]:
 # HTML to text
 
 
-_TAG_NAME = re.compile(r"<(/?)([A-Za-z][A-Za-z0-9:_-]*)")
+# A tag name runs to white space, "/" or ">", as browsers read it: "<div.x>" is no
+# div, so "</div>" does not close it.
+_TAG_NAME = re.compile(r"<(/?)([A-Za-z][^\t\n\f\r />]*)")
+# The ">" that ends a tag, or the opening quote of an attribute value: a ">"
+# inside a quoted value ends nothing ('<div title=">" hidden>').
+_TAG_END_OR_QUOTE = re.compile(r"=[\t\n\f\r ]*([\"'])|>")
+_ATTRIBUTE = re.compile(
+    r"([^\t\n\f\r />][^\t\n\f\r />=]*)"
+    r"(?:[\t\n\f\r ]*=[\t\n\f\r ]*(\"[^\"]*\"|'[^']*'|[^\t\n\f\r >]*))?"
+)
 _WHITESPACE_RUN = re.compile(r"[ \t\r\n\f]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _SPACE_RUN = re.compile(r" {2,}")
 # Quotes and tables nested deeper than this are read as plain blocks.
 MAX_NESTING = 40
-_SKIP_UNTIL_CLOSED = frozenset({"script", "style", "head", "title", "template", "noscript"})
+# Elements whose content is never shown: read past up to their end tag.
+_SKIP_UNTIL_CLOSED = frozenset(
+    {"script", "style", "head", "title", "template", "noscript", "iframe", "noembed", "noframes"}
+)
+# Of those, the ones whose content runs to the end of the document when their
+# end tag never comes: browsers read what follows as their raw text, or (for a
+# template) as its inert content.
+_SKIP_TO_END_UNCLOSED = frozenset(
+    {"script", "style", "title", "template", "iframe", "noembed", "noframes"}
+)
 _LINE_BLOCKS = frozenset(
     {
         "address", "article", "aside", "caption", "center", "dd", "div", "dl", "dt",
@@ -538,6 +574,489 @@ _LINE_BLOCKS = frozenset(
         "h6", "header", "hr", "main", "nav", "ol", "section", "ul",
     }
 )  # fmt: skip
+
+
+# --------------------------------------------------------------------------
+# What a person reading the HTML can see
+#
+# Text a person reading the message cannot see is not read: a request hidden
+# in the HTML would be queued without anyone having seen it. Hidden text is
+# text inside an element with the `hidden` attribute (unless the element's
+# own style displays it), or whose inline style, or an ancestor's, removes it
+# (display:none), makes it transparent (opacity, text colour), invisible
+# (visibility:hidden) or too small to read (font-size). A style value that
+# cannot be evaluated here (var(), calc()) counts as hiding: what is not known
+# to be visible is not read.
+#
+# aria-hidden="true" does not hide: it only keeps screen readers off the
+# element, and is common on visible text (icons, decorative labels). Text
+# coloured like its background is not detected: that needs the colours of
+# every ancestor and of the images behind the text. Only inline styles are
+# read, not the rules of <style> sheets.
+
+# Below these, text cannot be read on a screen: the tiny and transparent text
+# tricks of hidden-text spam.
+MIN_VISIBLE_OPACITY = 0.1
+MIN_LEGIBLE_FONT_PX = 2.0
+DEFAULT_FONT_PX = 16.0
+# Hidden formatting elements closed early that HTML opens again around later
+# text (see `_OpenElements`). No message has this many; a document that does
+# is not read at all, so it cannot hide text by overflowing the count.
+MAX_REOPENED = 32
+
+# Elements without content or end tag: they never open a region.
+_VOID_ELEMENTS = frozenset(
+    {
+        "area", "base", "basefont", "bgsound", "br", "col", "embed", "frame", "hr", "img",
+        "input", "keygen", "link", "meta", "param", "source", "track", "wbr",
+    }
+)  # fmt: skip
+# HTML's formatting elements: closed by another element's end tag, they are
+# opened again, with their attributes, around the text that follows.
+_FORMATTING = frozenset(
+    {"a", "b", "big", "code", "em", "font", "i", "nobr", "s", "small", "strike", "strong",
+     "tt", "u"}
+)  # fmt: skip
+# HTML's special elements (those ever kept open here): the end tag of an
+# ordinary element never closes one of them.
+_SPECIAL = frozenset(
+    {
+        "address", "applet", "article", "aside", "blockquote", "button", "caption", "center",
+        "colgroup", "dd", "details", "dir", "div", "dl", "dt", "fieldset", "figcaption",
+        "figure", "footer", "form", "frameset", "h1", "h2", "h3", "h4", "h5", "h6", "header",
+        "hgroup", "li", "listing", "main", "marquee", "menu", "nav", "object", "ol", "p",
+        "plaintext", "pre", "search", "section", "select", "summary", "table", "tbody", "td",
+        "textarea", "tfoot", "th", "thead", "tr", "ul", "xmp",
+    }
+)  # fmt: skip
+# Special elements a new list item closes its open list item across.
+_ITEM_PASSABLE = frozenset({"address", "div", "p"})
+# An end tag does not look past these for its element (HTML "in scope").
+_SCOPE_FENCES = ("applet", "caption", "marquee", "object", "table", "td", "th")
+# Elements that end the reopening of formatting elements opened inside them.
+_MARKERS = frozenset({"applet", "caption", "marquee", "object", "td", "th"})
+_TABLE_PARTS = frozenset({"caption", "colgroup", "tbody", "td", "tfoot", "th", "thead", "tr"})
+_TABLE_SECTIONS = ("tbody", "tfoot", "thead")
+_HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
+# Start tags that close an open paragraph. Not <table>: old-style documents
+# (no doctype, as most mail) keep the paragraph open around it.
+_CLOSES_P = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "center", "dd", "details", "dialog",
+        "dir", "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1",
+        "h2", "h3", "h4", "h5", "h6", "header", "hgroup", "hr", "li", "listing", "main",
+        "menu", "nav", "ol", "p", "plaintext", "pre", "search", "section", "summary", "ul",
+        "xmp",
+    }
+)  # fmt: skip
+# Display values that show an element the `hidden` attribute would hide.
+_DISPLAY_WORDS = frozenset(
+    {
+        "block", "inline", "inline-block", "flex", "inline-flex", "grid", "inline-grid",
+        "table", "inline-table", "table-row", "table-cell", "table-row-group",
+        "table-header-group", "table-footer-group", "table-column", "table-column-group",
+        "table-caption", "list-item", "contents", "flow", "flow-root", "run-in", "ruby",
+        "ruby-base", "ruby-text", "math", "inherit", "initial", "unset", "-webkit-box",
+        "-webkit-inline-box", "-ms-flexbox",
+    }
+)  # fmt: skip
+_FONT_KEYWORDS = {
+    "xx-small": 9.0, "x-small": 10.0, "small": 13.0, "medium": 16.0, "large": 18.0,
+    "x-large": 24.0, "xx-large": 32.0, "xxx-large": 48.0, "initial": DEFAULT_FONT_PX,
+}  # fmt: skip
+# CSS length units in pixels, and font sizes relative to the parent's.
+_ABSOLUTE_UNITS = {
+    "px": 1.0, "pt": 4 / 3, "pc": 16.0, "in": 96.0, "cm": 96 / 2.54, "mm": 96 / 25.4,
+    "q": 96 / 101.6, "rem": DEFAULT_FONT_PX, "vw": 8.0, "vh": 8.0, "vmin": 8.0, "vmax": 8.0,
+}  # fmt: skip
+_RELATIVE_UNITS = {"em": 1.0, "%": 0.01, "ex": 0.5, "ch": 0.5}
+_COLOUR_FUNCTIONS = frozenset(
+    {"rgb", "rgba", "hsl", "hsla", "hwb", "lab", "lch", "oklab", "oklch", "color"}
+)
+# Values that leave a property as the parent has it.
+_INHERITED = frozenset({"inherit", "unset", "revert", "revert-layer"})
+_CSS_NUMBER = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?)([a-z%]*)")
+_CSS_ESCAPE = re.compile(r"\\(?:([0-9a-fA-F]{1,6})[ \t\n\r\f]?|(.))", re.DOTALL)
+_IMPORTANT = re.compile(r"!\s*important$")
+
+
+class _Style(NamedTuple):
+    """What an element's own attributes do to the visibility of its text.
+
+    None leaves the property as the parent has it.
+    """
+
+    removed: bool = False  # not rendered at all, nor anything inside it
+    invisible: bool | None = None  # visibility:hidden
+    transparent: bool | None = None  # the text colour
+    fill_transparent: bool | None = None  # -webkit-text-fill-color, over the colour
+    font: tuple[str, float] | None = None  # ("px", size) or ("ratio", to the parent's)
+
+
+_NO_STYLE = _Style()
+
+
+def _own_style(source: str, name: str) -> _Style:
+    """The `_Style` of a start tag's attributes (`source` is the whole tag)."""
+    lowered = source.lower()
+    if "style" not in lowered and "hidden" not in lowered:
+        return _NO_STYLE
+    attributes: dict[str, str] = {}
+    for match in _ATTRIBUTE.finditer(source, 1 + len(name), len(source) - 1):
+        key = match.group(1).lower()
+        if key in attributes:
+            continue  # of two same attributes the first counts, as in browsers
+        value = match.group(2) or ""
+        if value[:1] in ("'", '"'):
+            value = value[1:-1]
+        attributes[key] = html.unescape(value) if "&" in value else value
+    if "style" not in attributes and "hidden" not in attributes:
+        return _NO_STYLE
+    declarations = _declarations(attributes.get("style", ""))
+    display = declarations.get("display")
+    displayed = display is not None and _displays(display)
+    opacity = declarations.get("opacity")
+    # The hidden attribute is the user agent's display:none, which the
+    # element's own display overrides; "until-found" hides regardless.
+    hidden = "hidden" in attributes and (
+        not displayed or attributes["hidden"].strip().lower() == "until-found"
+    )
+    removed = (
+        hidden
+        or (display is not None and (display == "none" or "(" in display))
+        or (opacity is not None and _opacity_hides(opacity))
+    )
+    return _Style(
+        removed=removed,
+        invisible=_invisible(declarations.get("visibility")),
+        transparent=_transparent(declarations.get("color")),
+        fill_transparent=_transparent(declarations.get("-webkit-text-fill-color")),
+        font=_font_size(declarations.get("font-size")),
+    )
+
+
+def _declarations(style: str) -> dict[str, str]:
+    """The declarations of a style attribute, lower-cased, as the cascade keeps them."""
+    if "/*" in style:
+        style = _without_css_comments(style)
+    if "\\" in style:
+        style = _CSS_ESCAPE.sub(_css_unescape, style)
+    found: dict[str, str] = {}
+    important: set[str] = set()
+    for declaration in style.split(";"):
+        name, colon, value = declaration.partition(":")
+        if not colon:
+            continue
+        name = name.strip().lower()
+        value = " ".join(value.lower().split())
+        marked = _IMPORTANT.search(value)
+        if marked:
+            value = value[: marked.start()].rstrip()
+            important.add(name)
+        elif name in important:
+            continue  # a later declaration does not override an !important one
+        found[name] = value
+    return found
+
+
+def _without_css_comments(style: str) -> str:
+    # A comment separates tokens ("no/**/ne" is not "none"); one never closed
+    # runs to the end. Found with str.find, so a run of "/*" stays linear.
+    kept = []
+    pos = 0
+    while (start := style.find("/*", pos)) >= 0:
+        kept.append(style[pos:start])
+        end = style.find("*/", start + 2)
+        if end < 0:
+            return " ".join(kept)
+        pos = end + 2
+    kept.append(style[pos:])
+    return " ".join(kept)
+
+
+def _css_unescape(match: re.Match[str]) -> str:
+    if match.group(2) is not None:
+        return match.group(2)
+    code = int(match.group(1), 16)
+    return chr(code) if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else "\ufffd"
+
+
+def _css_number(value: str) -> tuple[float, str] | None:
+    match = _CSS_NUMBER.fullmatch(value)
+    return (float(match.group(1)), match.group(2)) if match else None
+
+
+def _displays(display: str) -> bool:
+    """Whether a display value is a valid one that renders the element."""
+    words = display.split()
+    return bool(words) and all(word in _DISPLAY_WORDS for word in words)
+
+
+def _opacity_hides(value: str) -> bool:
+    if "(" in value:
+        return True
+    number = _css_number(value)
+    if number is None or number[1] not in ("", "%"):
+        return False  # invalid: browsers ignore it
+    amount = number[0] / 100 if number[1] == "%" else number[0]
+    return amount < MIN_VISIBLE_OPACITY
+
+
+def _invisible(value: str | None) -> bool | None:
+    if value is None or value in _INHERITED:
+        return None
+    if value in ("hidden", "collapse") or "(" in value:
+        return True
+    return False if value in ("visible", "initial") else None
+
+
+def _transparent(value: str | None) -> bool | None:
+    """Whether a colour value is transparent; None when it keeps the parent's.
+
+    Colour names are not checked, and browsers ignore an invalid colour: a
+    name keeps the parent's transparency rather than end it on a misspelling.
+    """
+    if value is None or value in _INHERITED or value == "currentcolor":
+        return None
+    if value in ("transparent", "initial"):
+        return value == "transparent"
+    if value.startswith("#"):
+        digits = value[1:]
+        if len(digits) not in (3, 4, 6, 8) or any(c not in "0123456789abcdef" for c in digits):
+            return None  # invalid: browsers ignore it
+        # #rgba and #rrggbbaa carry an alpha digit or two; the rest are opaque.
+        return len(digits) in (4, 8) and int(digits[-len(digits) // 4 :], 16) == 0
+    if "(" not in value:
+        return None
+    function, _, arguments = value.partition("(")
+    if function.strip() not in _COLOUR_FUNCTIONS or "(" in arguments:
+        return True  # var(), calc() and the like cannot be evaluated here
+    arguments = arguments.rstrip(")")
+    if "/" in arguments:
+        alpha = arguments.rpartition("/")[2]
+    elif arguments.count(",") == 3:
+        alpha = arguments.rpartition(",")[2]
+    else:
+        return False
+    number = _css_number(alpha.strip())
+    if number is None:
+        return True
+    amount = number[0] / 100 if number[1] == "%" else number[0]
+    return amount < MIN_VISIBLE_OPACITY
+
+
+def _font_size(value: str | None) -> tuple[str, float] | None:
+    if value is None or value in _INHERITED:
+        return None
+    if value in _FONT_KEYWORDS:
+        return ("px", _FONT_KEYWORDS[value])
+    if value in ("smaller", "larger"):
+        return ("ratio", 1 / 1.2 if value == "smaller" else 1.2)
+    if "(" in value:
+        return ("px", 0.0)  # calc() and the like cannot be evaluated here
+    number = _css_number(value)
+    if number is None or number[0] < 0:
+        return None  # invalid: browsers ignore it
+    amount, unit = number
+    if unit in _ABSOLUTE_UNITS:
+        return ("px", amount * _ABSOLUTE_UNITS[unit])
+    if unit in _RELATIVE_UNITS:
+        return ("ratio", amount * _RELATIVE_UNITS[unit])
+    return ("px", 0.0) if not unit and amount == 0 else None
+
+
+class _Element:
+    """An open element: where it sits among the open ones and how its text shows."""
+
+    __slots__ = (
+        "barrier", "fill_transparent", "font_px", "hides", "invisible", "markers", "name",
+        "removed", "serial", "shown", "special", "transparent", "visible",
+    )  # fmt: skip
+
+    def __init__(
+        self, name: str, parent: _Element | None, style: _Style, index: int, serial: int
+    ) -> None:
+        self.name = name
+        self.serial = serial
+        self.shown = False  # its start tag reached the text
+        self.removed = style.removed or bool(parent and parent.removed)
+        self.invisible = _pick(style.invisible, parent.invisible if parent else None)
+        self.transparent = _pick(style.transparent, parent.transparent if parent else None)
+        self.fill_transparent = _pick(
+            style.fill_transparent, parent.fill_transparent if parent else None
+        )
+        base = parent.font_px if parent else DEFAULT_FONT_PX
+        if style.font is None:
+            self.font_px = base
+        else:
+            self.font_px = style.font[1] * (base if style.font[0] == "ratio" else 1.0)
+        fill = self.fill_transparent
+        self.visible = not (
+            self.removed
+            or self.invisible
+            or self.font_px < MIN_LEGIBLE_FONT_PX
+            or (fill if fill is not None else self.transparent)
+        )
+        # Hidden by its own attributes, so hidden again wherever HTML reopens it.
+        self.hides = (
+            style.removed
+            or style.invisible is True
+            or bool(style.transparent or style.fill_transparent)
+            or (style.font is not None and self.font_px < MIN_LEGIBLE_FONT_PX)
+        )
+        special = name in _SPECIAL
+        # Indexes of the innermost special element at or below this one, and
+        # of the innermost one a new list item does not close across.
+        self.special = index if special else parent.special if parent else 0
+        self.barrier = (
+            index if special and name not in _ITEM_PASSABLE else parent.barrier if parent else 0
+        )
+        self.markers = (parent.markers if parent else 0) + (name in _MARKERS)
+
+
+def _pick(own: bool | None, inherited: bool | None) -> bool | None:
+    return inherited if own is None else own
+
+
+class _OpenElements:
+    """The elements open at a point of an HTML document, as a browser keeps them.
+
+    Enough of HTML's tree-building rules to know where an element ends when
+    its end tag is missing or misplaced: an end tag closes its element only
+    within its scope and never past a special element it does not name, a
+    block closes an open paragraph, a cell or row closes the last one, table
+    parts outside a table are dropped, and formatting elements closed early
+    are reopened around the text that follows. Where a rule is simplified, the
+    simplification keeps an element open longer, never shorter, so hidden text
+    stays hidden. Every step takes amortised constant time.
+    """
+
+    def __init__(self) -> None:
+        self.serial = 0
+        self.stack = [_Element("", None, _NO_STYLE, 0, 0)]
+        self.where: dict[str, list[int]] = {}  # element name -> indexes in the stack
+        self.reopened: list[_Element] = []  # hidden formatting elements closed early
+        self.blank = False  # the whole document is hidden
+
+    @property
+    def text_visible(self) -> bool:
+        top = self.stack[-1]
+        if self.blank or not top.visible:
+            return False
+        # A reopened element holds the text only up to the cell it was opened in.
+        return not (self.reopened and self.reopened[-1].markers == top.markers)
+
+    def innermost(self, *names: str) -> int:
+        """Index of the innermost open element named one of `names`; 0 when none is."""
+        where = self.where
+        return max((where[name][-1] for name in names if where.get(name)), default=0)
+
+    def start(self, name: str, source: str) -> bool:
+        """Open element `name`; whether its start tag reaches the text."""
+        style = _own_style(source, name)
+        if name in ("html", "body"):
+            # Not kept open (their end tags end nothing); their style is the root's.
+            root = self.stack[0]
+            self.stack[0] = _Element("", root, style, 0, 0)
+            self.blank = self.blank or style.removed
+            return False
+        if (name in _TABLE_PARTS or name == "table") and not self._enter_table_part(name):
+            return not self.stack[-1].removed
+        if name in ("li", "dd", "dt"):
+            item = self.innermost("li") if name == "li" else self.innermost("dd", "dt")
+            if item and item == self.stack[-1].barrier:
+                self.pop_to(item)
+        if name in _CLOSES_P:
+            paragraph = self.innermost("p")
+            if paragraph > self.innermost(*_SCOPE_FENCES, "button"):
+                self.pop_to(paragraph)
+        if name in _HEADINGS and self.stack[-1].name in _HEADINGS:
+            self.pop_to(len(self.stack) - 1)
+        self.serial += 1
+        element = _Element(name, self.stack[-1], style, len(self.stack), self.serial)
+        if name in _VOID_ELEMENTS:
+            # A checkbox becomes text ("[x]"); a line break only shapes it.
+            return element.visible if name == "input" else not element.removed
+        element.shown = not element.removed
+        self.where.setdefault(name, []).append(len(self.stack))
+        self.stack.append(element)
+        return element.shown
+
+    def _enter_table_part(self, name: str) -> bool:
+        """Close what a new table or table part closes; False when no table is open."""
+        table = self.innermost("table")
+        if name == "table":
+            if table and self.innermost("td", "th", "caption") < table:
+                self.pop_to(table)  # a table straight inside a table ends that table
+            return True
+        if not table:
+            return False  # browsers drop a cell or row outside any table
+        if name in ("td", "th", "tr"):
+            cell = self.innermost("td", "th")
+            if cell > table:
+                self.pop_to(cell)
+            if name == "tr" and self.innermost("tr") > table:
+                self.pop_to(self.innermost("tr"))
+            # Back to the row, section or table, out of what sits in between.
+            rows = ("tr", *_TABLE_SECTIONS) if name != "tr" else _TABLE_SECTIONS
+            self.pop_to(self.innermost(*rows, "table") + 1)
+        else:
+            self.pop_to(table + 1)
+        return True
+
+    def end(self, name: str) -> bool:
+        """Close element `name` if this end tag closes it; whether the tag reaches the text."""
+        target = self.innermost(name)
+        if name in ("html", "body"):
+            return False
+        if name in _HEADINGS:
+            target = self.innermost(*_HEADINGS)  # any heading's end tag closes a heading
+            fence = self.innermost(*_SCOPE_FENCES)
+        elif name in _TABLE_PARTS or name == "table":
+            fence = self.innermost("table") if name != "table" else 0
+        elif name == "p":
+            fence = self.innermost(*_SCOPE_FENCES, "button")
+        elif name == "li":
+            fence = self.innermost(*_SCOPE_FENCES, "ol", "ul")
+        elif name in _SPECIAL:
+            fence = self.innermost(*(other for other in _SCOPE_FENCES if other != name))
+        else:
+            if name in _FORMATTING and self._forget_reopened(name, target):
+                return False
+            fence = self.stack[-1].special
+        if target <= fence:
+            return not self.stack[-1].removed  # closes nothing, as in browsers
+        element = self.stack[target]
+        self.pop_to(target, element)
+        return element.shown
+
+    def _forget_reopened(self, name: str, open_index: int) -> bool:
+        """Whether the end tag of formatting element `name` ends a reopened one."""
+        open_serial = self.stack[open_index].serial if open_index else -1
+        markers = self.stack[-1].markers
+        for position in range(len(self.reopened) - 1, -1, -1):
+            element = self.reopened[position]
+            if element.markers != markers:
+                return False
+            if element.name == name:
+                if element.serial < open_serial:
+                    return False  # the open one is the later: it is the one closed
+                del self.reopened[position]
+                return True
+        return False
+
+    def pop_to(self, index: int, closing: _Element | None = None) -> None:
+        """Close the elements from `index` up; `closing` is the one its own end tag ends."""
+        while len(self.stack) > index:
+            element = self.stack.pop()
+            self.where[element.name].pop()
+            if element.hides and element.name in _FORMATTING and element is not closing:
+                self.reopened.append(element)
+        markers = self.stack[-1].markers
+        while self.reopened and self.reopened[-1].markers > markers:
+            self.reopened.pop()
+        if len(self.reopened) > MAX_REOPENED:
+            self.blank = True
 
 
 class _Frame:
@@ -696,41 +1215,44 @@ def html_to_text(document: str) -> str:
 
     Table rows become lines with cells separated by a tab; blockquotes become
     lines prefixed with "> "; entities are decoded; checkboxes become "[x]" or
-    "[ ]". Scripts, styles and comments are dropped.
+    "[ ]". Scripts, styles and comments are dropped, and so is text a reader
+    cannot see (see `_OpenElements` and the rules above it).
 
     One pass over the document: every search starts where the previous one
     could not have matched, so hostile markup ("<<<<...>") stays linear.
     """
     builder = _HtmlText()
+    elements = _OpenElements()
     pos = 0
     size = len(document)
-    gt = -1
     unclosed: set[str] = set()  # elements whose closing tag does not occur again
-    while pos < size:
+    while pos < size and not elements.blank:
         lt = document.find("<", pos)
         if lt < 0:
-            builder.text(document[pos:])
+            if elements.text_visible:
+                builder.text(document[pos:])
             break
-        if lt > pos:
+        if lt > pos and elements.text_visible:
             builder.text(document[pos:lt])
         if document.startswith("<!--", lt):
             end = document.find("-->", lt + 4)
             pos = size if end < 0 else end + 3
             continue
-        if gt <= lt:
-            gt = document.find(">", lt + 1)
-        if gt < 0:
-            builder.text(document[lt:])
-            break
-        source = document[lt : gt + 1]
-        match = _TAG_NAME.match(source)
+        match = _TAG_NAME.match(document, lt)
         if match is None:
-            if source.startswith(("<!", "<?")):
-                pos = gt + 1  # doctype, conditional comment mark, processing instruction
+            if document.startswith(("<!", "<?", "</"), lt):
+                # Doctype, conditional comment mark, processing instruction or
+                # "</" without a name: up to the next ">", as browsers read them.
+                gt = document.find(">", lt + 2)
+                pos = size if gt < 0 else gt + 1
             else:
-                builder.text("<")  # a lone "<" in text ("a < b")
+                if elements.text_visible:
+                    builder.text("<")  # a lone "<" in text ("a < b")
                 pos = lt + 1
             continue
+        gt = _tag_end(document, match.end())
+        if gt < 0:
+            break  # a tag the document cuts off: browsers show nothing of it
         pos = gt + 1
         closing, name = bool(match.group(1)), match.group(2).lower()
         if not closing and name in _SKIP_UNTIL_CLOSED:
@@ -738,13 +1260,28 @@ def html_to_text(document: str) -> str:
             if closing_tag is not None:
                 close_gt = document.find(">", closing_tag.end())
                 pos = size if close_gt < 0 else close_gt + 1
-            elif name in ("script", "style"):
+            elif name in _SKIP_TO_END_UNCLOSED:
                 pos = size
             else:
                 unclosed.add(name)
             continue
-        builder.tag(closing, name, source)
-    return builder.result()
+        source = document[lt:pos]
+        reaches_text = elements.end(name) if closing else elements.start(name, source)
+        if reaches_text:
+            builder.tag(closing, name, source)
+    return "" if elements.blank else builder.result()
+
+
+def _tag_end(document: str, pos: int) -> int:
+    """Where the tag whose name ends at `pos` ends (its ">"); -1 when it never does."""
+    while True:
+        found = _TAG_END_OR_QUOTE.search(document, pos)
+        if found is None or found.group(1) is None:
+            return -1 if found is None else found.start()
+        close = document.find(found.group(1), found.end())
+        if close < 0:
+            return -1  # a quoted value never closed runs to the end, as in browsers
+        pos = close + 1
 
 
 @lru_cache(maxsize=len(_SKIP_UNTIL_CLOSED))
@@ -792,16 +1329,32 @@ class Attachment:
 
 
 class _BodyParser(mailparser.MailParser):
-    """mail-parser, with text parts decoded through `decode_text`.
+    """mail-parser, with body parts decoded through `decode_text` and sorted here.
 
     mail-parser decodes a text part with its declared charset, or UTF-8 when
     none is declared, and replaces what fails; undeclared Latin-1 bodies then
-    lose their accents. This hook is its per-part decoding step.
+    lose their accents. It also reads as text only the subtypes "plain" and
+    "html", and drops a multipart without a boundary (subtype "mixed"), which
+    is text a person reads. `_decode_body_payload` is its per-part decoding
+    step for every part that is no attachment: each is kept in `texts`, in
+    order, as `_text_kind` reads it.
     """
 
+    texts: list[tuple[str, str]]  # (kind, text) of the body parts, in order
+
+    def _reset(self):
+        super()._reset()
+        self.texts = []
+
     def _decode_body_payload(self, part, charset, part_index):
+        kind = _text_kind(part)
+        if kind is None:
+            return ""  # not body text: nothing for mail-parser to file or warn about
         payload = part.get_payload(decode=True) or b""
-        return decode_text(payload, part.get_content_charset())
+        text = decode_text(payload, part.get_content_charset())
+        self.texts.append((kind, text))
+        # mail-parser files the text by subtype; a multipart is kept here only.
+        return text if kind == part.get_content_subtype() else ""
 
 
 class ReadMessage:
@@ -971,15 +1524,17 @@ class ReadMessage:
     def _body(self) -> tuple[str, str, list[Attachment], str | None]:
         try:
             parsed = _BodyParser.from_bytes(self._mime)
-            plain = "\n\n".join(part for part in parsed.text_plain if part.strip())
-            document = "\n".join(parsed.text_html)
+            texts = parsed.texts
+            plain = "\n\n".join(text for kind, text in texts if kind == "plain" and text.strip())
+            document = "\n".join(text for kind, text in texts if kind == "html" and text)
             attachments = [_attachment(item) for item in parsed.attachments]
         except Exception as exc:
             # mail-parser on hostile input (a multipart cut short): read what
             # the parts hold one by one; only when that fails too is the body
-            # unreadable, and the headers can still be screened.
+            # unreadable, and the headers can still be screened. The message
+            # is read either way, so this is no warning for the user.
             error = f"{type(exc).__name__}: {exc}"[:300]
-            log.debug("%s: where mail-parser failed", self.message_id, exc_info=True)
+            log.debug("%s: mail-parser failed (%s)", self.message_id, error, exc_info=True)
             try:
                 plain, document, attachments = _body_part_by_part(self._mime)
             except Exception as second:
@@ -988,10 +1543,29 @@ class ReadMessage:
                     "%s: where reading part by part failed", self.message_id, exc_info=second
                 )
                 return "", "", [], error
-            log.warning(
-                "%s: body read part by part; mail-parser failed (%s)", self.message_id, error
-            )
+            log.info("%s: body read part by part, without mail-parser", self.message_id)
+        else:
+            if not plain.strip() and not document.strip():
+                plain, document = self._text_part_by_part(plain, document)
         return _clean_text(plain), document, attachments, None
+
+    def _text_part_by_part(self, plain: str, document: str) -> tuple[str, str]:
+        """The text of a body in which mail-parser found none, read part by part.
+
+        A safety net for parts mail-parser files as neither text nor
+        attachment; the attachments stay as mail-parser found them.
+        """
+        try:
+            found_plain, found_document, _ = _body_part_by_part(
+                self._mime, attachments=False, any_text=True
+            )
+        except Exception:
+            log.debug("%s: where reading part by part failed", self.message_id, exc_info=True)
+            return plain, document
+        if found_plain.strip() or found_document.strip():
+            log.info("%s: body text read part by part; mail-parser found none", self.message_id)
+            return found_plain, found_document
+        return plain, document
 
     @property
     def body_error(self) -> str | None:
@@ -1025,31 +1599,70 @@ class ReadMessage:
         return self._body[2]
 
 
-def _body_part_by_part(mime: bytes) -> tuple[str, str, list[Attachment]]:
+def _text_kind(part: email.message.Message, *, any_text: bool = False) -> str | None:
+    """How a body part reads: "plain", "html", or None when it is not read.
+
+    A multipart whose boundary is missing or never comes is text a person
+    would read as is (mail clients show it so), so it counts as plain text.
+    With `any_text`, so do text types other than plain, HTML and data.
+    """
+    subtype = part.get_content_subtype()
+    if subtype in ("plain", "html"):
+        return subtype  # by subtype, as mail-parser has always read them
+    if part.get_content_maintype() == "multipart" and not part.is_multipart():
+        return "plain"
+    if any_text and part.get_content_maintype() == "text":
+        return None if part.get_content_type() in TEXT_DATA_TYPES else "plain"
+    return None
+
+
+def _body_part_by_part(
+    mime: bytes, *, attachments: bool = True, any_text: bool = False
+) -> tuple[str, str, list[Attachment]]:
     """Text and attachments read with Python's email package, one leaf part at a time.
 
-    A multipart whose boundary never comes is text a person would read as is,
-    so it counts as plain text.
+    Parts are read as `_text_kind` says. What is attached is not entered: an
+    attached message, or a multipart sent as an attachment, is one attachment
+    and none of its text is body text. Attachments are decoded only when
+    `attachments` is true.
     """
     message = email.message_from_bytes(mime, policy=email.policy.compat32)
     plain: list[str] = []
     documents: list[str] = []
-    attachments: list[Attachment] = []
-    for part in message.walk():
-        if part.is_multipart():
+    found: list[Attachment] = []
+    parts = [message]
+    while parts:
+        part = parts.pop()
+        attached = bool(part.get_filename()) or part.get_content_disposition() == "attachment"
+        if part.is_multipart() and not attached and part.get_content_maintype() != "message":
+            parts.extend(reversed(part.get_payload()))
             continue
         content_type = part.get_content_type()
-        payload = part.get_payload(decode=True)
-        if not isinstance(payload, bytes):
+        if attached or part.get_content_maintype() == "message":
+            if attachments:
+                found.append(Attachment(part.get_filename() or "", content_type, _payload(part)))
             continue
-        if part.get_filename() or part.get_content_disposition() == "attachment":
-            attachments.append(Attachment(part.get_filename() or "", content_type, payload))
-        elif content_type == "text/html":
-            documents.append(decode_text(payload, part.get_content_charset()))
-        elif content_type == "text/plain" or part.get_content_maintype() == "multipart":
-            plain.append(decode_text(payload, part.get_content_charset()))
+        kind = _text_kind(part, any_text=any_text)
+        payload = part.get_payload(decode=True) if kind else None
+        if isinstance(payload, bytes):
+            text = decode_text(payload, part.get_content_charset())
+            (documents if kind == "html" else plain).append(text)
     text = "\n\n".join(chunk for chunk in plain if chunk.strip())
-    return text, "\n".join(documents), attachments
+    return text, "\n".join(documents), found
+
+
+def _payload(part: email.message.Message) -> bytes:
+    """A part's content as bytes: decoded, or for a message or multipart its source."""
+    if not part.is_multipart():
+        payload = part.get_payload(decode=True)
+        return payload if isinstance(payload, bytes) else b""
+    inner = part.get_payload()
+    try:
+        if part.get_content_maintype() == "message" and len(inner) == 1:
+            return inner[0].as_bytes()
+        return part.as_bytes().partition(b"\n\n")[2]
+    except (LookupError, UnicodeError, ValueError):
+        return b""  # a part the email package cannot write back: nothing to read in it
 
 
 def _attachment(item: dict) -> Attachment:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -12,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intake.errors import IntakeError, UnreadableMessage
+from intake.extraction import FIELD_NAMES, extract
 from intake.reading import Attachment, decode_text, html_to_text, read_message
 
 MESSAGES = Path(__file__).parent / "messages"
@@ -376,6 +378,19 @@ class TestHostileInput:
             b"From: a@b.c\r\nContent-Type: text/html\r\n\r\n" + b"<title>" * 100_000,
             b"From: a@b.c\r\nContent-Type: text/html\r\n\r\n" + b"<table><tr><td>" * 20_000,
             b"From: a@b.c\r\nContent-Type: text/html\r\n\r\n" + b"<blockquote>" * 20_000,
+            b"From: a@b.c\r\nContent-Type: text/html\r\n\r\n"
+            + b'<div style="display:none">' * 50_000,
+            b"From: a@b.c\r\nContent-Type: text/html\r\n\r\n"
+            + b'<table><tr><td><div><b style="display:none"></div></td></tr></table>' * 10_000,
+            b"From: a@b.c\r\nContent-Type: text/html\r\n\r\n"
+            + b"<span>" * 20_000
+            + b"<div>" * 20_000
+            + b"</span>" * 20_000,
+            b"From: a@b.c\r\nContent-Type: text/html\r\n\r\n" + b'<a b="' * 100_000,
+            b"From: a@b.c\r\nContent-Type: text/html\r\n\r\n"
+            + b'<div style="'
+            + b"/*" * 100_000
+            + b'">x',
         ],
         ids=[
             "group-colons",
@@ -388,6 +403,11 @@ class TestHostileInput:
             "unclosed-titles",
             "nested-tables",
             "nested-quotes",
+            "nested-hidden",
+            "reopened-hidden",
+            "end-tags-blocked-by-blocks",
+            "unclosed-quotes",
+            "unclosed-css-comments",
         ],
     )
     def test_hostile_messages_are_read_in_linear_time(self, raw: bytes) -> None:
@@ -395,3 +415,281 @@ class TestHostileInput:
         message = read_message(raw)
         _ = (message.subject, message.from_address, message.to, message.text)
         assert time.perf_counter() - started < 3
+
+
+def html_message(document: str, plain: str | None = None) -> bytes:
+    """A #ACESSO message with an HTML part, and a plain part first when given."""
+    head = "From: Helena <helena@cliente.test>\r\nSubject: #ACESSO\r\nMIME-Version: 1.0\r\n"
+    html_part = f"Content-Type: text/html; charset=utf-8\r\n\r\n{document}\r\n"
+    if plain is None:
+        return (head + html_part).encode()
+    return (
+        head + 'Content-Type: multipart/alternative; boundary="alt"\r\n\r\n'
+        f"--alt\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{plain}\r\n"
+        f"--alt\r\n{html_part}--alt--\r\n"
+    ).encode()
+
+
+HIDDEN_PERSON = (
+    "Nome: Html Oculto<br>E-mail: html.oculto@evil.test<br>Área: TI<br>Tipo de acesso: Comum"
+)
+
+
+class TestHiddenHtmlIsNotRead:
+    def test_hidden_person_block_is_neither_text_nor_a_person(self) -> None:
+        document = (
+            f'<p>Olá, segue o pedido.</p><div style="display:none">{HIDDEN_PERSON}</div>'
+            "<p>Obrigada</p>"
+        )
+        message = read_message(html_message(document))
+        assert message.text == "Olá, segue o pedido.\n\nObrigada"
+        extraction = extract(message)
+        assert [(p.name, p.email, p.area, p.access_type) for p in extraction.people] == [
+            (None, None, None, None)
+        ]
+        assert extraction.missing == list(FIELD_NAMES)
+
+    @pytest.mark.parametrize(
+        "opening",
+        [
+            '<div style="display:none">',
+            '<div style="DISPLAY : None !important">',
+            "<div style='color:red;display:\tnone'>",
+            "<div style=display:none>",
+            '<div style="display:&#110;one">',  # entities are decoded in attributes
+            '<div style="disp\\6c ay:none">',  # and CSS escapes in styles
+            '<div style="display:none !important; display:block">',
+            "<div hidden>",
+            '<div HIDDEN="hidden">',
+            '<div hidden="until-found" style="display:block">',
+            '<div hidden style="display:blok">',  # an invalid display does not show it
+            '<div style="visibility:hidden">',
+            '<div style="visibility: collapse">',
+            '<div style="opacity:0">',
+            '<div style="opacity:0.05">',
+            '<div style="opacity:0%">',
+            '<div style="font-size:0">',
+            '<div style="font-size:1px">',
+            '<div style="font-size:0.05em">',
+            '<div style="color:transparent">',
+            '<div style="color:rgba(0, 0, 0, 0)">',
+            '<div style="color:rgb(0 0 0 / 0%)">',
+            '<div style="color:#fff0">',
+            '<div style="-webkit-text-fill-color:transparent">',
+            '<div style="display:var(--shown)">',  # cannot be evaluated: not read
+            '<div style="font-size:calc(0px)">',
+            '<div title=">" style="display:none">',  # ">" inside a quoted value
+        ],
+    )
+    def test_hiding_styles_and_attributes(self, opening: str) -> None:
+        document = f"<p>antes</p>{opening}Nome: Oculto<p>E-mail: o@evil.test</p></div>depois"
+        assert html_to_text(document) == "antes\n\ndepois"
+
+    @pytest.mark.parametrize(
+        "opening",
+        [
+            '<div aria-hidden="true">',  # only for screen readers: people see it
+            '<div hidden style="display:block">',  # its own style shows it
+            '<div style="display:no/**/ne">',  # a comment splits the word: invalid
+            '<div style="display:block" style="display:none">',  # the first one counts
+            '<div style="opacity:0.5">',
+            '<div style="font-size:8pt">',
+            '<div style="color:#ffffff">',  # same as the background: not detected
+            '<div style="overflow:hidden">',
+            '<div style="mso-hide:all">',  # Outlook only; other mail clients show it
+        ],
+    )
+    def test_visible_styles(self, opening: str) -> None:
+        document = f"<p>antes</p>{opening}Nome: Visível</div>depois"
+        assert html_to_text(document) == "antes\n\nNome: Visível\ndepois"
+
+    @pytest.mark.parametrize(
+        ("document", "text"),
+        [
+            # What a descendant shows again of an inherited style.
+            (
+                '<div style="visibility:hidden">x<span style="visibility:visible">vê</span></div>',
+                "vê",
+            ),
+            (
+                '<table><tr><td style="font-size:0">x<span style="font-size:14px">vê</span>'
+                "</td></tr></table>",
+                "vê",
+            ),
+            ('<div style="color:transparent">x<span style="color:#333">vê</span></div>', "vê"),
+            ('<div style="color:transparent"><span style="color:#12345">y</span></div>', ""),
+            ('<div style="font-size:0">x<span style="font-size:2em">y</span></div>', ""),
+            ('<div style="display:none">x<span style="display:block">y</span></div>', ""),
+            ('<div style="opacity:0">x<span style="opacity:1">y</span></div>', ""),
+            # Void elements never open a hidden region (hidden, they break no line).
+            ("<br hidden>a<img style='display:none'>b<hr hidden>c<br>d", "abc\nd"),
+            (
+                "<input type=checkbox checked hidden>Agente <input type=checkbox>Admin",
+                "Agente [ ] Admin",
+            ),
+            # A hidden element left open ends where its parent ends.
+            ('<div><span style="display:none">x</div>vê', "vê"),
+            ("<table><tr><td><div hidden>x</td><td>vê</td></tr></table>", "\tvê"),
+            ("<table><tr><td hidden>x<td>vê</table>depois", "vê\ndepois"),
+            ("<table><tr hidden><td>x<tr><td>vê</table>", "vê"),
+            ("<p hidden>x<p>vê", "vê"),
+            ("<p hidden>x<div>vê</div>", "vê"),
+            ("<ul><li hidden>x<li>vê</ul>", "- vê"),
+            ("<h2 hidden>x</h3>vê", "vê"),
+            ("<div hidden><b>x</div>vê", "vê"),
+            # An end tag that does not close the hidden element in a browser.
+            ("<span><div hidden>x</span>y", ""),
+            ("<td><div hidden>x</td>y", ""),  # no table: browsers drop the cell tags
+            ("<div.x hidden>x</div>y", ""),  # "div.x" is no div
+            ("<div hidden><table><tr><td>x</div>y</td></tr></table>z", ""),
+            ('<div style="display:none"/>x</div>vê', "vê"),  # "/>" closes no div
+            # A hidden formatting element closed early is reopened around later text.
+            ("<div><b hidden>x</div>y</b>vê", "vê"),
+            ("<p><font style='font-size:0'>x</p>y<table><tr><td>vê</td></tr></table>", "vê"),
+            # A hidden body hides everything; unclosed raw-text elements run to the end.
+            ("antes<body style='display:none'><p>x", ""),
+            ("<p>vê</p><title>x", "vê"),
+            ("<p>vê</p><iframe>x", "vê"),
+            ("<p>vê</p><div hidden", "vê"),  # a tag cut off by the end shows nothing
+        ],
+    )
+    def test_where_hidden_regions_end(self, document: str, text: str) -> None:
+        assert html_to_text(document) == text
+
+    def test_hidden_html_does_not_replace_a_plain_stub(self) -> None:
+        document = f'<p>Pedido em anexo.</p><div style="display:none">{HIDDEN_PERSON}</div>'
+        message = read_message(html_message(document, plain="Esta mensagem está em HTML."))
+        assert message.text == "Pedido em anexo."
+        assert [p.name for p in extract(message).people] == [None]
+
+    def test_hidden_html_does_not_win_over_an_incomplete_plain_part(self) -> None:
+        plain = "Nome: Ana Lima\nE-mail: ana.lima@cliente.test"
+        document = (
+            "<p>Nome: Ana Lima<br>E-mail: ana.lima@cliente.test</p>"
+            f'<div style="font-size:0">{HIDDEN_PERSON}</div>'
+        )
+        message = read_message(html_message(document, plain=plain))
+        assert message.text == plain
+        assert message.html_text == "Nome: Ana Lima\nE-mail: ana.lima@cliente.test"
+        extraction = extract(message)
+        assert [(p.name, p.email, p.area, p.access_type) for p in extraction.people] == [
+            ("Ana Lima", "ana.lima@cliente.test", None, None)
+        ]
+        assert extraction.missing == ["area", "access_type"]
+
+
+def mime_message(content_type: str, body: str) -> bytes:
+    return (
+        "From: Helena <helena@cliente.test>\r\nSubject: #ACESSO\r\n"
+        f"Message-ID: <m1@cliente.test>\r\nMIME-Version: 1.0\r\nContent-Type: {content_type}"
+        f"\r\n\r\n{body}"
+    ).encode()
+
+
+PERSON_BLOCK = (
+    "Nome: Ana Lima\r\nE-mail: ana.lima@cliente.test\r\nÁrea: TI\r\nTipo de acesso: Comum\r\n"
+)
+PERSON_TEXT = PERSON_BLOCK.replace("\r\n", "\n")
+
+
+class TestMultipartWithoutBoundary:
+    @pytest.mark.parametrize(
+        "content_type",
+        [
+            "multipart/mixed",
+            "multipart/alternative; charset=utf-8",
+            "Multipart/Related",
+            'multipart/mixed; boundary="never-comes"',
+        ],
+    )
+    def test_body_is_read_as_plain_text(self, content_type: str) -> None:
+        message = read_message(mime_message(content_type, PERSON_BLOCK))
+        assert (message.plain, message.text, message.html) == (PERSON_TEXT, PERSON_TEXT, "")
+        assert message.body_error is None
+        extraction = extract(message)
+        assert [(p.name, p.email, p.area, p.access_type) for p in extraction.people] == [
+            ("Ana Lima", "ana.lima@cliente.test", "TI", "comum")
+        ]
+        assert extraction.missing == []
+
+    def test_inner_multipart_without_boundary_is_read_in_order(self) -> None:
+        body = (
+            "--b\r\nContent-Type: text/plain\r\n\r\nSegue o pedido:\r\n"
+            f"--b\r\nContent-Type: multipart/alternative\r\n\r\n{PERSON_BLOCK}"
+            "--b\r\nContent-Type: text/plain\r\n\r\nObrigada\r\n--b--\r\n"
+        )
+        message = read_message(mime_message('multipart/mixed; boundary="b"', body))
+        assert message.text == f"Segue o pedido:\n\n{PERSON_TEXT}\n\nObrigada"
+
+    def test_unknown_text_type_alone_is_read_as_plain_text(self) -> None:
+        message = read_message(mime_message("text/x-pedido; charset=utf-8", PERSON_BLOCK))
+        assert message.text == PERSON_TEXT
+
+    @pytest.mark.parametrize(
+        ("content_type", "body"),
+        [
+            ("application/pdf", "JVBERi0xLjQKJcOkw7zDtsOfCg==\r\n"),
+            ("application/octet-stream", "\x00\x01\x02 bytes\r\n"),
+            ("image/png", "iVBORw0KGgoAAAANSUhEUg==\r\n"),
+            ("text/calendar", "BEGIN:VCALENDAR\r\nEND:VCALENDAR\r\n"),
+            ("text/csv", "Nome;E-mail\r\nAna;ana@cliente.test\r\n"),
+        ],
+    )
+    def test_a_single_part_that_is_no_message_text_is_not_read(
+        self, content_type: str, body: str
+    ) -> None:
+        message = read_message(mime_message(content_type, body))
+        assert (message.plain, message.html, message.text) == ("", "", "")
+        assert message.attachments == []
+
+    def test_attachments_only_message_has_no_text(self) -> None:
+        body = (
+            '--b\r\nContent-Type: application/pdf; name="a.pdf"\r\n'
+            'Content-Disposition: attachment; filename="a.pdf"\r\n'
+            "Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n"
+            '--b\r\nContent-Type: text/plain; name="notas.txt"\r\n'
+            'Content-Disposition: attachment; filename="notas.txt"\r\n\r\n'
+            f"{PERSON_BLOCK}--b--\r\n"
+        )
+        message = read_message(mime_message('multipart/mixed; boundary="b"', body))
+        assert message.text == ""
+        assert [(a.filename, a.content_type) for a in message.attachments] == [
+            ("a.pdf", "application/pdf"),
+            ("notas.txt", "text/plain"),
+        ]
+        assert message.attachments[0].payload == b"%PDF-1.4\n"
+
+
+# mail-parser raises on this one (a nested multipart whose boundary never comes,
+# in an outer one never closed); the body is then read part by part.
+MAIL_PARSER_FAILS = (
+    "--b\r\nContent-Type: text/plain\r\n\r\nNome: Ana Lima\r\n"
+    '--b\r\nContent-Type: message/rfc822; name="original.eml"\r\n\r\n'
+    "From: outra@cliente.test\r\nSubject: antiga\r\n\r\nNome: Pessoa Anexada\r\n"
+    '--b\r\nContent-Type: multipart/alternative; boundary="never"\r\n\r\n'
+    "E-mail: ana.lima@cliente.test\r\n"
+)
+
+
+class TestBodyReadPartByPart:
+    def test_read_when_mail_parser_fails_and_logged_as_info(self, caplog) -> None:
+        caplog.set_level(logging.DEBUG, logger="intake.reading")
+        message = read_message(mime_message('multipart/mixed; boundary="b"', MAIL_PARSER_FAILS))
+        assert message.text == "Nome: Ana Lima\n\nE-mail: ana.lima@cliente.test\n"
+        assert message.body_error is None
+        # The attached message is an attachment, and none of its text is body text.
+        assert [(a.filename, a.content_type) for a in message.attachments] == [
+            ("original.eml", "message/rfc822")
+        ]
+        assert read_message(message.attachments[0].payload).text == "Nome: Pessoa Anexada"
+        records = [
+            (r.levelno, r.getMessage()) for r in caplog.records if r.levelno > logging.DEBUG
+        ]
+        assert records == [
+            (logging.INFO, "m1@cliente.test: body read part by part, without mail-parser")
+        ]
+        details = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+        assert (
+            "m1@cliente.test: mail-parser failed "
+            "(AttributeError: 'NoneType' object has no attribute 'index')"
+        ) in details
