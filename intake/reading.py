@@ -41,6 +41,7 @@ from typing import NamedTuple
 import mailparser
 
 from intake.errors import UnreadableMessage
+from intake.values import mixes_scripts
 
 log = logging.getLogger(__name__)
 
@@ -1479,6 +1480,11 @@ class ReadMessage:
         if len(values) == 1 and len(addressed) > 1:
             doubts.append(f"{len(addressed)} endereços no From (addresses in From): {named}")
         doubts.extend(doubt for segment, _ in addressed if (doubt := _mailbox_doubt(segment)))
+        doubts.extend(
+            f"o domínio do From mistura alfabetos (From domain mixes scripts): {address}"
+            for _, address in addressed
+            if mixes_scripts(address.rpartition("@")[2])
+        )
         return doubts
 
     @property

@@ -48,6 +48,7 @@ __all__ = [
     "clean_name",
     "clean_value",
     "looks_like_name",
+    "mixes_scripts",
     "parse_access_type",
     "parse_email",
     "read_access_type",
@@ -194,10 +195,23 @@ def _is_address(candidate: str) -> bool:
             return False
         if not all(char.isalnum() or char == "-" for char in label):
             return False
-        if len(_scripts(label)) > 1:
-            return False
+    if mixes_scripts(domain):
+        return False
     top = labels[-1]
     return (top.isalpha() and len(top) >= 2) or top.startswith("xn--")
+
+
+def mixes_scripts(domain: str) -> bool:
+    """Whether a label of `domain` mixes writing systems, punycode labels decoded."""
+    for label in domain.lower().split("."):
+        if label.startswith("xn--"):
+            try:
+                label = label.encode("ascii").decode("idna")
+            except UnicodeError:
+                continue
+        if len(_scripts(label)) > 1:
+            return True
+    return False
 
 
 def _scripts(label: str) -> set[str]:

@@ -199,6 +199,7 @@ class TestPlainSender:
             "=?iso-8859-1?Q?B=FCrling,=20Andreas?= <andreas@cliente.test>",
             '"Helena (helena.costa@cliente.test)" <helena.costa@cliente.test>',
             "helena.costa@cliente.test (Helena Costa)",
+            "Helena <helena@ação.com.br>",
             '"helena costa"@cliente.test',
         ],
     )
@@ -289,6 +290,20 @@ class TestPlainSender:
                 [
                     "From com rota de origem obsoleta (obsolete source route): "
                     "'<@evil.test:helena.costa@cliente.test>'"
+                ],
+            ),
+            (
+                ["From: Helena <helena.costa@cl\u0456ente.test>"],
+                [
+                    "o domínio do From mistura alfabetos (From domain mixes scripts): "
+                    "helena.costa@cl\u0456ente.test"
+                ],
+            ),
+            (
+                ["From: Helena <helena.costa@xn--clente-qvf.test>"],
+                [
+                    "o domínio do From mistura alfabetos (From domain mixes scripts): "
+                    "helena.costa@xn--clente-qvf.test"
                 ],
             ),
             (["From: undisclosed-senders:;"], ["From sem endereço (From holds no address)"]),

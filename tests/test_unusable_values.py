@@ -102,6 +102,7 @@ class TestEmailValuesThatAreNot:
             ("a confirmar", Problem("invalid", "a confirmar")),
             # A Cyrillic і among Latin letters: a look-alike of cliente.test.
             ("ana@cl\u0456ente.test", Problem("invalid", "ana@cl\u0456ente.test")),
+            ("ana@xn--clente-qvf.test", Problem("invalid", "ana@xn--clente-qvf.test")),
             (
                 "ana@cliente.test<mailto:bia@cliente.test>",
                 Problem(
