@@ -103,11 +103,17 @@ def message_size(size: int, intake: IntakeSettings) -> Verdict | None:
     )
 
 
+def header_end(raw: bytes) -> int | None:
+    """Where the blank line after the headers starts (CRLF or LF mail); None without one."""
+    ends = [end for end in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if end >= 0]
+    return min(ends) if ends else None
+
+
 def header_block(raw: bytes) -> bytes:
     """The start of an oversize message, enough for its headers; the body is left unread."""
     window = raw[:HEADER_BLOCK_BYTES]
-    ends = [end for end in (window.find(b"\r\n\r\n"), window.find(b"\n\n")) if end >= 0]
-    return window[: min(ends)] + b"\r\n\r\n" if ends else window
+    end = header_end(window)
+    return window[:end] + b"\r\n\r\n" if end is not None else window
 
 
 class ExtractionView(ReadMessage):

@@ -414,8 +414,8 @@ def content_digest(raw: bytes, sender: str, subject: str) -> str:
     Line ends are made alike: one copy may come from IMAP (CRLF) and another
     from a Maildir file (LF).
     """
-    ends = [end for end in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if end >= 0]
-    body = raw[min(ends) :].lstrip(b"\r\n") if ends else b""
+    end = policy.header_end(raw)
+    body = raw[end:].lstrip(b"\r\n") if end is not None else b""
     digest = hashlib.sha256(f"{sender}\n{subject}\n".encode("utf-8", "replace"))
     digest.update(body.replace(b"\r\n", b"\n"))
     return digest.hexdigest()

@@ -216,17 +216,17 @@ class ImapMailbox:
                     for uid, item in client.fetch(batch, ["RFC822.SIZE"]).items()
                     if b"RFC822.SIZE" in item
                 }
-                oversize = [
-                    uid for uid in batch if max_bytes is not None and sizes.get(uid, 0) > max_bytes
-                ]
-                whole = [uid for uid in batch if uid in sizes and uid not in oversize]
-                # BODY.PEEK[] rather than RFC822 or BODY[]: those set \Seen.
-                contents = {
-                    uid: item.get(b"BODY[]")
-                    for uid, item in (
-                        client.fetch(whole, ["BODY.PEEK[]"]) if whole else {}
-                    ).items()
-                }
+                whole: list[int] = []
+                oversize: list[int] = []
+                for uid in batch:
+                    if uid in sizes:
+                        too_big = max_bytes is not None and sizes[uid] > max_bytes
+                        (oversize if too_big else whole).append(uid)
+                contents: dict[int, bytes | None] = {}
+                if whole:
+                    # BODY.PEEK[] rather than RFC822 or BODY[]: those set \Seen.
+                    bodies = client.fetch(whole, ["BODY.PEEK[]"])
+                    contents.update((uid, item.get(b"BODY[]")) for uid, item in bodies.items())
                 if oversize:
                     starts = client.fetch(oversize, [f"BODY.PEEK[]<0.{HEADER_BLOCK_BYTES}>"])
                     contents.update((uid, item.get(b"BODY[]<0>")) for uid, item in starts.items())

@@ -155,11 +155,12 @@ def plan_approval(session: Session, request_ids: Sequence[int] | None) -> Approv
 
     kept: dict[str, AccessRequest] = {}
     left: list[AccessRequest] = []
+    with_account: set[str] = set()
     for request in candidates:
         person = _person(request)
-        if person in kept or (
-            bulk and (needs_a_look(request) or find_user(session, person) is not None)
-        ):
+        if bulk and person not in kept and find_user(session, person) is not None:
+            with_account.add(person)
+        if person in kept or (bulk and (needs_a_look(request) or person in with_account)):
             left.append(request)
         else:
             kept[person] = request
@@ -174,7 +175,7 @@ def plan_approval(session: Session, request_ids: Sequence[int] | None) -> Approv
                 f"(same person as request #{first}, approved now)"
             )
             left_out.append(LeftOut(request, reason, _reject_advice(request.id)))
-        elif find_user(session, person) is not None:
+        elif person in with_account:
             reason = "já tem conta (already has an account)"
             left_out.append(LeftOut(request, reason, _reject_advice(request.id)))
         else:
